@@ -1,0 +1,137 @@
+//! Admin HTTP API of the gateway: health, readiness, backlog, status and metrics.
+//!
+//! This crate owns HTTP and nothing else. The gateway hands it a [`Source`] that
+//! produces a [`Snapshot`] of its state; the admin server never reaches into the WAL
+//! or the MQTT/Kafka clients itself, so a slow or wedged admin client can never hold
+//! a lock on the data path.
+//!
+//! Invariants:
+//! - Every route is read-only (`GET`/`HEAD`); request bodies are never read, and a
+//!   request announcing more than [`MAX_BODY_BYTES`] is refused with 413 before
+//!   anything else happens.
+//! - `/healthz` does not call [`Source::snapshot`]: liveness must not depend on the
+//!   gateway's internals, only on this server answering.
+//! - [`handle`] never panics on client input; hyper has already rejected malformed
+//!   HTTP before it gets here.
+
+mod metrics;
+mod routes;
+mod server;
+
+use serde::Serialize;
+
+pub use routes::{handle, MAX_BODY_BYTES};
+pub use server::serve;
+
+/// What the gateway exposes to the admin server; implemented by the gateway.
+pub trait Source: Send + Sync + 'static {
+    /// Point-in-time copy of the gateway's state; called once per request, so keep it cheap and non-blocking.
+    fn snapshot(&self) -> Snapshot;
+}
+
+/// Everything the admin API reports, copied out of the gateway in one go so a response is self-consistent.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Snapshot {
+    /// Identifies this gateway among many at the edge.
+    pub gateway_id: String,
+    /// Version of the gateway binary.
+    pub version: String,
+    /// Seconds since the process started.
+    pub uptime_seconds: f64,
+    /// MQTT ingest side.
+    pub mqtt: MqttStatus,
+    /// Write-ahead log.
+    pub wal: WalStatus,
+    /// Kafka forwarding side.
+    pub kafka: KafkaStatus,
+    /// Records committed to the WAL but not yet acknowledged by Kafka.
+    pub backlog: Backlog,
+    /// Records Kafka refused permanently and that were set aside.
+    pub dead_letters: DeadLetters,
+    /// Monotonic counters since process start.
+    pub counters: Counters,
+}
+
+/// State of the MQTT ingest.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MqttStatus {
+    /// Whether the broker session is up.
+    pub connected: bool,
+    /// Broker address, if configured.
+    pub server: Option<String>,
+    /// Most recent connection error, kept after reconnecting so operators can see what flapped.
+    pub last_error: Option<String>,
+    /// False while ingest is paused (e.g. the WAL cannot commit), so publishes are not acked.
+    pub accepting: bool,
+}
+
+/// State of the write-ahead log.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WalStatus {
+    /// Path of the WAL file.
+    pub path: String,
+    /// Whether the last commit succeeded.
+    pub writable: bool,
+    /// Most recent commit error.
+    pub last_error: Option<String>,
+}
+
+/// State of the Kafka forwarder.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct KafkaStatus {
+    /// Most recent delivery or producer error.
+    pub last_error: Option<String>,
+    /// Records handed to the producer whose delivery report has not arrived.
+    pub in_flight: u64,
+}
+
+/// Records durable in the WAL and not yet acknowledged by Kafka.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Backlog {
+    /// Number of records in the backlog.
+    pub records: u64,
+    /// Payload bytes in the backlog.
+    pub bytes: u64,
+    /// Lowest seq still held, `None` when empty.
+    pub oldest_seq: Option<u64>,
+    /// Highest seq held, `None` when empty.
+    pub newest_seq: Option<u64>,
+    /// Age of the oldest record, `None` when empty.
+    pub oldest_age_seconds: Option<f64>,
+    /// Seq the next appended record will get.
+    pub next_seq: u64,
+}
+
+/// Records Kafka rejected permanently.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DeadLetters {
+    /// Number of dead-lettered records kept.
+    pub records: u64,
+    /// Payload bytes of dead-lettered records kept.
+    pub bytes: u64,
+}
+
+/// Monotonic counters since process start, exported as Prometheus `_total` counters.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counters {
+    /// MQTT publishes received.
+    pub mqtt_messages_received: u64,
+    /// MQTT publishes acknowledged after a durable commit.
+    pub mqtt_messages_acked: u64,
+    /// MQTT reconnections.
+    pub mqtt_reconnects: u64,
+    /// Records committed to the WAL.
+    pub wal_records_committed: u64,
+    /// WAL commits (each may hold many records).
+    pub wal_commits: u64,
+    /// Failed WAL commits.
+    pub wal_commit_errors: u64,
+    /// Records acknowledged by Kafka.
+    pub kafka_records_forwarded: u64,
+    /// Records set aside after a permanent Kafka error.
+    pub kafka_records_dead_lettered: u64,
+    /// Failed Kafka deliveries (retried or dead-lettered).
+    pub kafka_delivery_errors: u64,
+    /// Times the Kafka producer was recreated after a fatal error.
+    pub kafka_producer_rebuilds: u64,
+}

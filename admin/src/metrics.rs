@@ -1,0 +1,217 @@
+//! Prometheus text exposition format 0.0.4, written by hand.
+//!
+//! A metrics crate would bring a global registry and its own locking; the gateway
+//! already keeps its counters, so rendering a [`Snapshot`] is all that is needed.
+
+use std::fmt::Write as _;
+
+use crate::Snapshot;
+
+/// Renders every metric family with its `# HELP` and `# TYPE` lines.
+pub(crate) fn render(s: &Snapshot) -> String {
+    let mut out = String::with_capacity(4096);
+    let c = &s.counters;
+    let counters: [(&str, &str, u64); 10] = [
+        (
+            "mkg_mqtt_messages_received_total",
+            "MQTT publishes received.",
+            c.mqtt_messages_received,
+        ),
+        (
+            "mkg_mqtt_messages_acked_total",
+            "MQTT publishes acknowledged after a durable WAL commit.",
+            c.mqtt_messages_acked,
+        ),
+        (
+            "mkg_mqtt_reconnects_total",
+            "MQTT reconnections.",
+            c.mqtt_reconnects,
+        ),
+        (
+            "mkg_wal_records_committed_total",
+            "Records committed to the WAL.",
+            c.wal_records_committed,
+        ),
+        ("mkg_wal_commits_total", "WAL commits.", c.wal_commits),
+        (
+            "mkg_wal_commit_errors_total",
+            "Failed WAL commits.",
+            c.wal_commit_errors,
+        ),
+        (
+            "mkg_kafka_records_forwarded_total",
+            "Records acknowledged by Kafka.",
+            c.kafka_records_forwarded,
+        ),
+        (
+            "mkg_kafka_records_dead_lettered_total",
+            "Records dead-lettered after a permanent Kafka error.",
+            c.kafka_records_dead_lettered,
+        ),
+        (
+            "mkg_kafka_delivery_errors_total",
+            "Failed Kafka deliveries.",
+            c.kafka_delivery_errors,
+        ),
+        (
+            "mkg_kafka_producer_rebuilds_total",
+            "Kafka producer recreations after a fatal error.",
+            c.kafka_producer_rebuilds,
+        ),
+    ];
+    for (name, help, value) in counters {
+        family(&mut out, name, help, "counter", "", &value.to_string());
+    }
+
+    let gauges: [(&str, &str, String); 10] = [
+        (
+            "mkg_backlog_records",
+            "Records in the WAL not yet acknowledged by Kafka.",
+            s.backlog.records.to_string(),
+        ),
+        (
+            "mkg_backlog_bytes",
+            "Payload bytes in the WAL not yet acknowledged by Kafka.",
+            s.backlog.bytes.to_string(),
+        ),
+        (
+            "mkg_backlog_oldest_age_seconds",
+            "Age of the oldest unacknowledged record (0 when the backlog is empty).",
+            float(s.backlog.oldest_age_seconds.unwrap_or(0.0)),
+        ),
+        (
+            "mkg_dead_letter_records",
+            "Dead-lettered records kept.",
+            s.dead_letters.records.to_string(),
+        ),
+        (
+            "mkg_dead_letter_bytes",
+            "Payload bytes of dead-lettered records kept.",
+            s.dead_letters.bytes.to_string(),
+        ),
+        (
+            "mkg_kafka_in_flight",
+            "Records sent to Kafka awaiting a delivery report.",
+            s.kafka.in_flight.to_string(),
+        ),
+        (
+            "mkg_mqtt_connected",
+            "1 if the MQTT session is up.",
+            flag(s.mqtt.connected),
+        ),
+        (
+            "mkg_mqtt_accepting",
+            "1 if MQTT ingest is accepting messages (0 while paused).",
+            flag(s.mqtt.accepting),
+        ),
+        (
+            "mkg_wal_writable",
+            "1 if the last WAL commit succeeded.",
+            flag(s.wal.writable),
+        ),
+        (
+            "mkg_uptime_seconds",
+            "Seconds since the gateway started.",
+            float(s.uptime_seconds),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        family(&mut out, name, help, "gauge", "", &value);
+    }
+
+    let labels = format!(
+        "{{version=\"{}\",gateway_id=\"{}\"}}",
+        escape_label(&s.version),
+        escape_label(&s.gateway_id)
+    );
+    family(
+        &mut out,
+        "mkg_build_info",
+        "Gateway version and id; the value is always 1.",
+        "gauge",
+        &labels,
+        "1",
+    );
+    out
+}
+
+fn family(out: &mut String, name: &str, help: &str, kind: &str, labels: &str, value: &str) {
+    // Writing to a String cannot fail.
+    let _ = write!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{labels} {value}\n"
+    );
+}
+
+fn flag(b: bool) -> String {
+    if b { "1" } else { "0" }.to_owned()
+}
+
+/// Rust prints infinities as `inf`, which Prometheus does not parse.
+fn float(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".to_owned()
+    } else if v == f64::INFINITY {
+        "+Inf".to_owned()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".to_owned()
+    } else {
+        v.to_string()
+    }
+}
+
+/// Label values may hold anything the operator configured; an unescaped quote or
+/// newline would corrupt the whole scrape, not just this line.
+pub(crate) fn escape_label(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for ch in v.chars() {
+        match ch {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_label_values() {
+        assert_eq!(escape_label("plain"), "plain");
+        assert_eq!(escape_label("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
+    }
+
+    #[test]
+    fn floats_use_prometheus_spelling() {
+        assert_eq!(float(1.5), "1.5");
+        assert_eq!(float(0.0), "0");
+        assert_eq!(float(f64::INFINITY), "+Inf");
+        assert_eq!(float(f64::NEG_INFINITY), "-Inf");
+        assert_eq!(float(f64::NAN), "NaN");
+    }
+
+    #[test]
+    fn every_sample_has_help_and_type() {
+        let text = render(&Snapshot::default());
+        let mut samples = 0;
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            samples += 1;
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "no HELP for {name}"
+            );
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "no TYPE for {name}"
+            );
+            assert!(name.starts_with("mkg_"), "{name} lacks the mkg_ prefix");
+        }
+        assert_eq!(samples, 21);
+        assert!(text.ends_with('\n'));
+    }
+}

@@ -1,0 +1,241 @@
+//! Request routing and the JSON/text responses of each route.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Body;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Serialize;
+
+use crate::{Backlog, DeadLetters, Snapshot, Source};
+
+/// Largest request body the admin API accepts; larger requests get 413 without being read.
+pub const MAX_BODY_BYTES: u64 = 64 * 1024;
+
+/// Methods every current route answers; kept in one place so the 405 `allow` header stays truthful.
+const ALLOW: &str = "GET, HEAD";
+
+const CONTENT_TYPE_JSON: &str = "application/json";
+const CONTENT_TYPE_TEXT: &str = "text/plain; charset=utf-8";
+const CONTENT_TYPE_PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Healthz,
+    Readyz,
+    Backlog,
+    Status,
+    Metrics,
+}
+
+/// The whole API surface; adding a route means one line here and one arm in `respond`.
+const ROUTES: &[(&str, Route)] = &[
+    ("/healthz", Route::Healthz),
+    ("/readyz", Route::Readyz),
+    ("/backlog", Route::Backlog),
+    ("/status", Route::Status),
+    ("/metrics", Route::Metrics),
+];
+
+fn route(path: &str) -> Option<Route> {
+    ROUTES.iter().find(|(p, _)| *p == path).map(|(_, r)| *r)
+}
+
+/// Answer one request (used by `serve` and directly by tests).
+///
+/// The body is never read: every route is a read-only `GET`, so there is nothing to
+/// buffer and a client cannot make us hold memory by streaming one.
+pub async fn handle<B>(req: Request<B>, source: &dyn Source) -> Response<Full<Bytes>>
+where
+    B: Body,
+{
+    // Size is checked before routing so an oversized upload is refused cheaply
+    // whatever it targets, and with `connection: close` so hyper does not try to
+    // drain it for keep-alive.
+    match announced_body_len(&req) {
+        Err(()) => return json_error(StatusCode::BAD_REQUEST, "invalid content-length", None),
+        Ok(len) if len > MAX_BODY_BYTES => {
+            let mut resp = json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload too large",
+                Some(("limit", MAX_BODY_BYTES.into())),
+            );
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return resp;
+        }
+        Ok(_) => {}
+    }
+
+    let path = req.uri().path();
+    let Some(route) = route(path) else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            "not found",
+            Some(("path", path.into())),
+        );
+    };
+
+    let method = req.method();
+    if method != Method::GET && method != Method::HEAD {
+        let mut resp = json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed",
+            Some(("method", method.as_str().into())),
+        );
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(ALLOW));
+        return resp;
+    }
+
+    let resp = respond(route, source);
+    if method == Method::HEAD {
+        strip_body(resp)
+    } else {
+        resp
+    }
+}
+
+fn respond(route: Route, source: &dyn Source) -> Response<Full<Bytes>> {
+    match route {
+        Route::Healthz => text(StatusCode::OK, CONTENT_TYPE_TEXT, "ok\n".into()),
+        Route::Readyz => readyz(&source.snapshot()),
+        Route::Backlog => {
+            let snap = source.snapshot();
+            json(
+                StatusCode::OK,
+                &BacklogView {
+                    backlog: &snap.backlog,
+                    dead_letters: &snap.dead_letters,
+                },
+            )
+        }
+        Route::Status => json(StatusCode::OK, &source.snapshot()),
+        Route::Metrics => text(
+            StatusCode::OK,
+            CONTENT_TYPE_PROMETHEUS,
+            crate::metrics::render(&source.snapshot()).into_bytes(),
+        ),
+    }
+}
+
+/// Length the client says it will send: the `content-length` header, or failing
+/// that the body's own lower bound (which is how hyper reports a known length and
+/// how a directly-built request reports its size).
+fn announced_body_len<B: Body>(req: &Request<B>) -> Result<u64, ()> {
+    let hint = req.body().size_hint().lower();
+    let mut values = req.headers().get_all(header::CONTENT_LENGTH).iter();
+    let Some(first) = values.next() else {
+        return Ok(hint);
+    };
+    let parse = |v: &HeaderValue| -> Result<u64, ()> {
+        let s = v.to_str().map_err(|_| ())?;
+        // `u64::from_str` accepts a leading '+', which HTTP does not.
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(());
+        }
+        s.parse().map_err(|_| ())
+    };
+    let len = parse(first)?;
+    // Disagreeing duplicates are a request-smuggling shape; refuse rather than pick one.
+    for v in values {
+        if parse(v)? != len {
+            return Err(());
+        }
+    }
+    Ok(len.max(hint))
+}
+
+#[derive(Serialize)]
+struct Readiness {
+    ready: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    reasons: Vec<String>,
+}
+
+fn readyz(snap: &Snapshot) -> Response<Full<Bytes>> {
+    let mut reasons = Vec::new();
+    if !snap.mqtt.connected {
+        reasons.push(with_cause("mqtt not connected", &snap.mqtt.last_error));
+    }
+    if !snap.wal.writable {
+        reasons.push(with_cause("wal not writable", &snap.wal.last_error));
+    }
+    if !snap.mqtt.accepting {
+        reasons.push("mqtt ingest paused".to_owned());
+    }
+    let ready = reasons.is_empty();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(status, &Readiness { ready, reasons })
+}
+
+fn with_cause(what: &str, cause: &Option<String>) -> String {
+    match cause {
+        Some(cause) => format!("{what}: {cause}"),
+        None => what.to_owned(),
+    }
+}
+
+#[derive(Serialize)]
+struct BacklogView<'a> {
+    #[serde(flatten)]
+    backlog: &'a Backlog,
+    dead_letters: &'a DeadLetters,
+}
+
+/// Uniform error body `{"error": ..., <field>: ...}` so clients can rely on one shape.
+fn json_error(
+    status: StatusCode,
+    error: &str,
+    field: Option<(&str, serde_json::Value)>,
+) -> Response<Full<Bytes>> {
+    let mut body = serde_json::Map::new();
+    body.insert("error".to_owned(), error.into());
+    if let Some((k, v)) = field {
+        body.insert(k.to_owned(), v);
+    }
+    json(status, &body)
+}
+
+fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_vec(value) {
+        Ok(mut body) => {
+            // Trailing newline so `curl` output does not run into the prompt.
+            body.push(b'\n');
+            text(status, CONTENT_TYPE_JSON, body)
+        }
+        // Our types only hold strings, numbers and options, so this is unreachable in
+        // practice; still answer rather than panic.
+        Err(e) => {
+            tracing::error!(error = %e, "failed to serialize admin response");
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                CONTENT_TYPE_JSON,
+                b"{\"error\":\"internal error\"}\n".to_vec(),
+            )
+        }
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let len = body.len();
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    // Stats are live; an intermediary serving a cached copy would mislead operators.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// HEAD keeps the GET headers (including content-length) but sends no body; hyper
+/// accepts a content-length without a body only for HEAD.
+fn strip_body(resp: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    let (parts, _) = resp.into_parts();
+    Response::from_parts(parts, Full::new(Bytes::new()))
+}

@@ -1,0 +1,83 @@
+//! Shared test fixtures: a fake gateway state.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use admin::{Backlog, Counters, DeadLetters, KafkaStatus, MqttStatus, Snapshot, Source, WalStatus};
+
+/// Stands in for the gateway; tests swap the snapshot and count how often it is read.
+#[derive(Debug, Default)]
+pub struct FakeSource {
+    pub snap: Mutex<Snapshot>,
+    pub reads: AtomicUsize,
+}
+
+impl FakeSource {
+    pub fn new(snap: Snapshot) -> Self {
+        Self {
+            snap: Mutex::new(snap),
+            reads: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn reads(&self) -> usize {
+        self.reads.load(Ordering::SeqCst)
+    }
+}
+
+impl Source for FakeSource {
+    fn snapshot(&self) -> Snapshot {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.snap.lock().unwrap().clone()
+    }
+}
+
+/// A healthy gateway with a small backlog and distinct counter values.
+pub fn healthy() -> Snapshot {
+    Snapshot {
+        gateway_id: "edge-7".into(),
+        version: "1.2.3".into(),
+        uptime_seconds: 12.5,
+        mqtt: MqttStatus {
+            connected: true,
+            server: Some("mqtt://broker:1883".into()),
+            last_error: None,
+            accepting: true,
+        },
+        wal: WalStatus {
+            path: "/var/lib/mkg/wal.redb".into(),
+            writable: true,
+            last_error: None,
+        },
+        kafka: KafkaStatus {
+            last_error: None,
+            in_flight: 4,
+        },
+        backlog: Backlog {
+            records: 10,
+            bytes: 2048,
+            oldest_seq: Some(90),
+            newest_seq: Some(99),
+            oldest_age_seconds: Some(3.25),
+            next_seq: 100,
+        },
+        dead_letters: DeadLetters {
+            records: 2,
+            bytes: 300,
+        },
+        counters: Counters {
+            mqtt_messages_received: 101,
+            mqtt_messages_acked: 102,
+            mqtt_reconnects: 103,
+            wal_records_committed: 104,
+            wal_commits: 105,
+            wal_commit_errors: 106,
+            kafka_records_forwarded: 107,
+            kafka_records_dead_lettered: 108,
+            kafka_delivery_errors: 109,
+            kafka_producer_rebuilds: 110,
+        },
+    }
+}

@@ -1,0 +1,377 @@
+//! Every route and status code, by calling `handle` directly (no sockets).
+
+mod common;
+
+use admin::{handle, Snapshot, MAX_BODY_BYTES};
+use bytes::Bytes;
+use common::{healthy, FakeSource};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Body;
+use hyper::{header, Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+
+fn req(method: Method, uri: &str) -> Request<Empty<Bytes>> {
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Empty::new())
+        .unwrap()
+}
+
+fn get(uri: &str) -> Request<Empty<Bytes>> {
+    req(Method::GET, uri)
+}
+
+async fn call<B: Body>(source: &FakeSource, r: Request<B>) -> (StatusCode, Response<()>, String) {
+    let resp = handle(r, source).await;
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    (parts.status, Response::from_parts(parts, ()), text)
+}
+
+fn header_of(resp: &Response<()>, name: header::HeaderName) -> &str {
+    resp.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap())
+        .unwrap_or("")
+}
+
+#[tokio::test]
+async fn healthz_is_ok_without_reading_the_snapshot() {
+    let src = FakeSource::new(healthy());
+    let (status, resp, body) = call(&src, get("/healthz")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "ok\n");
+    assert!(header_of(&resp, header::CONTENT_TYPE).starts_with("text/plain"));
+    assert_eq!(src.reads(), 0, "liveness must not depend on the gateway");
+}
+
+#[tokio::test]
+async fn query_string_does_not_affect_routing() {
+    let src = FakeSource::new(healthy());
+    let (status, _, body) = call(&src, get("/healthz?verbose=1")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "ok\n");
+}
+
+#[tokio::test]
+async fn readyz_ready() {
+    let src = FakeSource::new(healthy());
+    let (status, resp, body) = call(&src, get("/readyz")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(header_of(&resp, header::CONTENT_TYPE), "application/json");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v, json!({"ready": true}));
+}
+
+#[tokio::test]
+async fn readyz_lists_every_reason() {
+    let mut snap = healthy();
+    snap.mqtt.connected = false;
+    snap.mqtt.last_error = Some("connection refused".into());
+    snap.mqtt.accepting = false;
+    snap.wal.writable = false;
+    snap.wal.last_error = Some("disk \"full\"".into());
+    let src = FakeSource::new(snap);
+    let (status, _, body) = call(&src, get("/readyz")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v,
+        json!({
+            "ready": false,
+            "reasons": [
+                "mqtt not connected: connection refused",
+                "wal not writable: disk \"full\"",
+                "mqtt ingest paused",
+            ]
+        })
+    );
+}
+
+#[tokio::test]
+async fn readyz_single_reason_without_cause() {
+    for (snap, reason) in [
+        (
+            Snapshot {
+                wal: admin::WalStatus {
+                    writable: false,
+                    ..healthy().wal
+                },
+                ..healthy()
+            },
+            "wal not writable",
+        ),
+        (
+            Snapshot {
+                mqtt: admin::MqttStatus {
+                    connected: false,
+                    ..healthy().mqtt
+                },
+                ..healthy()
+            },
+            "mqtt not connected",
+        ),
+        (
+            Snapshot {
+                mqtt: admin::MqttStatus {
+                    accepting: false,
+                    ..healthy().mqtt
+                },
+                ..healthy()
+            },
+            "mqtt ingest paused",
+        ),
+    ] {
+        let src = FakeSource::new(snap);
+        let (status, _, body) = call(&src, get("/readyz")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{reason}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v, json!({"ready": false, "reasons": [reason]}));
+    }
+}
+
+#[tokio::test]
+async fn backlog_includes_dead_letters() {
+    let src = FakeSource::new(healthy());
+    let (status, _, body) = call(&src, get("/backlog")).await;
+    assert_eq!(status, StatusCode::OK);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v,
+        json!({
+            "records": 10, "bytes": 2048,
+            "oldest_seq": 90, "newest_seq": 99,
+            "oldest_age_seconds": 3.25,
+            "next_seq": 100,
+            "dead_letters": {"records": 2, "bytes": 300}
+        })
+    );
+}
+
+#[tokio::test]
+async fn backlog_empty_has_nulls() {
+    let src = FakeSource::new(Snapshot::default());
+    let (status, _, body) = call(&src, get("/backlog")).await;
+    assert_eq!(status, StatusCode::OK);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["oldest_seq"], Value::Null);
+    assert_eq!(v["oldest_age_seconds"], Value::Null);
+    assert_eq!(v["records"], 0);
+}
+
+#[tokio::test]
+async fn status_is_the_whole_snapshot() {
+    let src = FakeSource::new(healthy());
+    let (status, _, body) = call(&src, get("/status")).await;
+    assert_eq!(status, StatusCode::OK);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v, serde_json::to_value(healthy()).unwrap());
+    assert_eq!(v["gateway_id"], "edge-7");
+    assert_eq!(v["mqtt"]["server"], "mqtt://broker:1883");
+    assert_eq!(v["counters"]["kafka_producer_rebuilds"], 110);
+    assert_eq!(src.reads(), 1);
+}
+
+#[tokio::test]
+async fn metrics_exposition() {
+    let src = FakeSource::new(healthy());
+    let (status, resp, body) = call(&src, get("/metrics")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        header_of(&resp, header::CONTENT_TYPE),
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    for (name, kind, value) in [
+        ("mkg_mqtt_messages_received_total", "counter", "101"),
+        ("mkg_mqtt_messages_acked_total", "counter", "102"),
+        ("mkg_mqtt_reconnects_total", "counter", "103"),
+        ("mkg_wal_records_committed_total", "counter", "104"),
+        ("mkg_wal_commits_total", "counter", "105"),
+        ("mkg_wal_commit_errors_total", "counter", "106"),
+        ("mkg_kafka_records_forwarded_total", "counter", "107"),
+        ("mkg_kafka_records_dead_lettered_total", "counter", "108"),
+        ("mkg_kafka_delivery_errors_total", "counter", "109"),
+        ("mkg_kafka_producer_rebuilds_total", "counter", "110"),
+        ("mkg_backlog_records", "gauge", "10"),
+        ("mkg_backlog_bytes", "gauge", "2048"),
+        ("mkg_backlog_oldest_age_seconds", "gauge", "3.25"),
+        ("mkg_dead_letter_records", "gauge", "2"),
+        ("mkg_dead_letter_bytes", "gauge", "300"),
+        ("mkg_kafka_in_flight", "gauge", "4"),
+        ("mkg_mqtt_connected", "gauge", "1"),
+        ("mkg_mqtt_accepting", "gauge", "1"),
+        ("mkg_wal_writable", "gauge", "1"),
+        ("mkg_uptime_seconds", "gauge", "12.5"),
+    ] {
+        assert!(body.contains(&format!("# HELP {name} ")), "HELP {name}");
+        assert!(
+            body.contains(&format!("\n# TYPE {name} {kind}\n")),
+            "TYPE {name}"
+        );
+        assert!(
+            body.lines().any(|l| l == format!("{name} {value}")),
+            "sample {name} {value} in\n{body}"
+        );
+    }
+    assert!(body.contains("# TYPE mkg_build_info gauge\n"));
+    assert!(body
+        .lines()
+        .any(|l| l == r#"mkg_build_info{version="1.2.3",gateway_id="edge-7"} 1"#));
+}
+
+#[tokio::test]
+async fn metrics_empty_backlog_and_down_flags_are_zero() {
+    let src = FakeSource::new(Snapshot::default());
+    let (_, _, body) = call(&src, get("/metrics")).await;
+    for line in [
+        "mkg_backlog_oldest_age_seconds 0",
+        "mkg_mqtt_connected 0",
+        "mkg_mqtt_accepting 0",
+        "mkg_wal_writable 0",
+    ] {
+        assert!(body.lines().any(|l| l == line), "{line} in\n{body}");
+    }
+}
+
+#[tokio::test]
+async fn metrics_escape_label_values() {
+    let mut snap = healthy();
+    snap.version = "1.0 \"beta\"".into();
+    snap.gateway_id = "a\\b\nc".into();
+    let src = FakeSource::new(snap);
+    let (_, _, body) = call(&src, get("/metrics")).await;
+    let expected = r#"mkg_build_info{version="1.0 \"beta\"",gateway_id="a\\b\nc"} 1"#;
+    assert!(body.lines().any(|l| l == expected), "{expected} in\n{body}");
+    // The raw newline must not split the sample over two lines.
+    assert!(!body.lines().any(|l| l.starts_with("c\"")));
+}
+
+#[tokio::test]
+async fn unknown_path_is_404_json() {
+    let src = FakeSource::new(healthy());
+    let (status, resp, body) = call(&src, get("/nope%22%5C/x")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(header_of(&resp, header::CONTENT_TYPE), "application/json");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v, json!({"error": "not found", "path": "/nope%22%5C/x"}));
+    // Prefixes and trailing slashes are distinct paths, not aliases.
+    for path in ["/", "/healthz/", "/metricsx", "/HEALTHZ"] {
+        let (status, _, _) = call(&src, get(path)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn other_methods_are_405_with_allow() {
+    let src = FakeSource::new(healthy());
+    for path in ["/healthz", "/readyz", "/backlog", "/status", "/metrics"] {
+        for method in [Method::POST, Method::PUT, Method::DELETE, Method::PATCH] {
+            let (status, resp, body) = call(&src, req(method.clone(), path)).await;
+            assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            assert_eq!(header_of(&resp, header::ALLOW), "GET, HEAD");
+            let v: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["error"], "method not allowed");
+            assert_eq!(v["method"], method.as_str());
+        }
+    }
+    assert_eq!(
+        src.reads(),
+        0,
+        "a refused request must not touch the gateway"
+    );
+}
+
+#[tokio::test]
+async fn head_has_get_headers_and_no_body() {
+    let src = FakeSource::new(healthy());
+    let (_, get_resp, get_body) = call(&src, get("/status")).await;
+    let (status, resp, body) = call(&src, req(Method::HEAD, "/status")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "");
+    assert_eq!(
+        header_of(&resp, header::CONTENT_LENGTH),
+        get_body.len().to_string()
+    );
+    assert_eq!(
+        header_of(&resp, header::CONTENT_TYPE),
+        header_of(&get_resp, header::CONTENT_TYPE)
+    );
+}
+
+#[tokio::test]
+async fn oversized_content_length_is_413() {
+    let src = FakeSource::new(healthy());
+    for path in ["/status", "/nope"] {
+        let r = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header(header::CONTENT_LENGTH, MAX_BODY_BYTES + 1)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let (status, resp, body) = call(&src, r).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{path}");
+        assert_eq!(header_of(&resp, header::CONNECTION), "close");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v, json!({"error": "payload too large", "limit": 65536}));
+    }
+    assert_eq!(src.reads(), 0);
+}
+
+#[tokio::test]
+async fn oversized_body_without_header_is_413() {
+    let src = FakeSource::new(healthy());
+    let big = Full::new(Bytes::from(vec![b'x'; MAX_BODY_BYTES as usize + 1]));
+    let r = Request::builder().uri("/status").body(big).unwrap();
+    let (status, _, _) = call(&src, r).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn body_at_the_limit_is_accepted() {
+    let src = FakeSource::new(healthy());
+    let r = Request::builder()
+        .uri("/healthz")
+        .header(header::CONTENT_LENGTH, MAX_BODY_BYTES)
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let (status, _, body) = call(&src, r).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "ok\n");
+}
+
+#[tokio::test]
+async fn malformed_content_length_is_400() {
+    let src = FakeSource::new(healthy());
+    for values in [
+        &["abc"][..],
+        &["+5"],
+        &["-1"],
+        &[""],
+        &["99999999999999999999999"],
+        &["5", "6"],
+    ] {
+        let mut b = Request::builder().uri("/healthz");
+        for v in values {
+            b = b.header(header::CONTENT_LENGTH, *v);
+        }
+        let (status, _, body) = call(&src, b.body(Empty::<Bytes>::new()).unwrap()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{values:?}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"], "invalid content-length");
+    }
+}
+
+#[tokio::test]
+async fn responses_are_not_cacheable() {
+    let src = FakeSource::new(healthy());
+    for path in ["/healthz", "/readyz", "/status", "/metrics", "/nope"] {
+        let (_, resp, _) = call(&src, get(path)).await;
+        assert_eq!(
+            header_of(&resp, header::CACHE_CONTROL),
+            "no-store",
+            "{path}"
+        );
+    }
+}
