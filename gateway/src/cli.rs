@@ -1,0 +1,144 @@
+//! Command line: `run` and `check-config`. Exit codes: 0 ok, 1 runtime error, 2 bad
+//! configuration, 3 the WAL cannot be opened.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Loaded};
+use crate::run::{forward_options, RunError};
+
+/// Exit code for a bad configuration.
+pub const EXIT_CONFIG: u8 = 2;
+/// Exit code when the WAL cannot be opened.
+pub const EXIT_WAL: u8 = 3;
+
+#[derive(Debug, Parser)]
+#[command(name = "mqtt-kafka-gateway", version, about = "MQTT -> durable WAL -> Kafka gateway for edge sites")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        /// Configuration file (TOML). Without it, built-in defaults are used.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate the configuration file and exit (0 = valid, 2 = invalid).
+    CheckConfig {
+        /// Configuration file (TOML).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn load(path: &Option<PathBuf>) -> Result<Loaded, String> {
+    let loaded = match path {
+        Some(p) => Config::load(p).map_err(|e| e.to_string())?,
+        None => Config::from_toml("", "(built-in defaults)").map_err(|e| e.to_string())?,
+    };
+    crate::forward::validate_producer_config(&loaded, &forward_options(&loaded)).map_err(|e| {
+        format!(
+            "{}: {e}",
+            path.as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "(built-in defaults)".into())
+        )
+    })?;
+    Ok(loaded)
+}
+
+/// The program's entry point (shared by the shipped binary and the test binary).
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => match load(&config) {
+            Ok(l) => {
+                println!(
+                    "configuration OK: {} MQTT server(s), {} subscription(s), {} route(s), WAL in {}",
+                    l.servers.len(),
+                    l.config.mqtt.topics.len(),
+                    l.config.kafka.routes.len(),
+                    l.config.wal.dir.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("configuration error: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Run { config } => {
+            let loaded = match load(&config) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("configuration error: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            init_logging(&loaded.config.log);
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let result = rt.block_on(async move {
+                let shutdown = CancellationToken::new();
+                tokio::spawn(wait_for_signal(shutdown.clone()));
+                crate::run::run(loaded, shutdown, |_| {}).await
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e @ RunError::WalOpen(_)) => {
+                    tracing::error!("{e}");
+                    eprintln!("error: {e}");
+                    eprintln!("the WAL file was left untouched; move it aside to start with an empty WAL");
+                    ExitCode::from(EXIT_WAL)
+                }
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install SIGTERM handler");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = shutdown.cancelled() => return,
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,32 @@
+//! mqtt-kafka-gateway: MQTT -> durable WAL (redb) -> Kafka, at least once.
+//!
+//! The data path, top to bottom:
+//! 1. [`ingest`]: rumqttc event loop receives a PUBLISH and hands it to the WAL thread.
+//! 2. [`writer`]: the WAL thread group-commits queued messages with one fsync and
+//!    publishes the durable count.
+//! 3. [`ingest`]'s acker sends PUBACK / PUBREC for each message, in arrival order, once
+//!    the durable count covers it (rule 1).
+//! 4. [`forward`]: the forwarder reads records after its cursor, produces them to Kafka
+//!    (`acks=all`, idempotent), folds delivery reports into a contiguous watermark.
+//! 5. [`writer`]: the WAL thread deletes the acknowledged prefix (rule 2), or parks a
+//!    permanently refused record in the dead-letter table (rule 3).
+
+pub mod cli;
+pub mod config;
+pub mod forward;
+pub mod ingest;
+pub mod route;
+pub mod run;
+pub mod state;
+pub mod tls;
+pub mod writer;
+
+/// Abort the process at a named point when the test-only `failpoints` feature is on
+/// and `MKG_FAILPOINT` names it (crash tests).
+#[cfg(feature = "failpoints")]
+pub(crate) fn failpoint(name: &str) {
+    if std::env::var("MKG_FAILPOINT").is_ok_and(|v| v == name) {
+        eprintln!("failpoint {name}: aborting");
+        std::process::abort();
+    }
+}

@@ -1,0 +1,214 @@
+//! Wiring: open the WAL, start the WAL thread, the forwarder, the admin server and
+//! MQTT ingest; on shutdown stop them in the order that loses nothing.
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::mpsc as stdmpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use wal::{Wal, WalOptions};
+
+use crate::config::Loaded;
+use crate::forward::{self, ForwardOptions};
+use crate::state::{AdminView, Shared};
+use crate::writer::{self, WriterOptions};
+use crate::{ingest, state};
+
+/// Why the gateway stopped with an error; maps to the exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The WAL cannot be opened (exit code 3). The file is left untouched.
+    #[error("{0}")]
+    WalOpen(#[from] wal::OpenError),
+    /// The admin listener cannot be bound (exit code 1).
+    #[error("cannot listen on admin address {addr}: {source}")]
+    AdminBind {
+        /// Address from the config.
+        addr: std::net::SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Anything else (exit code 1).
+    #[error("{0:#}")]
+    Other(#[from] anyhow::Error),
+}
+
+/// Forwarder options from the config.
+pub fn forward_options(loaded: &Loaded) -> ForwardOptions {
+    let f = &loaded.config.forward;
+    ForwardOptions {
+        max_in_flight_records: f.max_in_flight_records,
+        max_in_flight_bytes: f.max_in_flight_bytes.0 as usize,
+        ack_interval: f.ack_interval,
+    }
+}
+
+/// A running gateway's handles, for callers that embed it.
+#[derive(Debug)]
+pub struct Ready {
+    /// Address the admin API listens on, if enabled.
+    pub admin_addr: Option<std::net::SocketAddr>,
+}
+
+/// Run the gateway until `shutdown` is cancelled. `on_ready` is called once the WAL
+/// is open and the admin API is serving.
+pub async fn run(
+    loaded: Loaded,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(&Ready),
+) -> Result<(), RunError> {
+    let loaded = Arc::new(loaded);
+    let cfg = &loaded.config;
+    let shared = Arc::new(Shared::default());
+
+    let dir = cfg.wal.dir.clone();
+    let wal_opts = WalOptions {
+        cache_size: cfg.wal.cache_size.0 as usize,
+        quick_repair: cfg.wal.quick_repair,
+    };
+    let wal = tokio::task::spawn_blocking(move || Wal::open(dir, wal_opts))
+        .await
+        .map_err(anyhow::Error::from)??;
+    let wal = Arc::new(wal);
+    let st = wal.stats();
+    tracing::info!(
+        path = %wal.path().display(),
+        backlog = st.records,
+        dead_letters = st.dead_letters,
+        next_seq = st.next_seq,
+        "WAL open"
+    );
+
+    // Admin API first, so the backlog is visible even while brokers are down.
+    let admin_token = CancellationToken::new();
+    let mut admin_addr = None;
+    let admin_task = if cfg.admin.enabled {
+        let listener = tokio::net::TcpListener::bind(cfg.admin.listen)
+            .await
+            .map_err(|source| RunError::AdminBind {
+                addr: cfg.admin.listen,
+                source,
+            })?;
+        admin_addr = Some(listener.local_addr().map_err(anyhow::Error::from)?);
+        tracing::info!(addr = %admin_addr.expect("set above"), "admin API listening");
+        let view: Arc<dyn admin::Source> = Arc::new(AdminView {
+            shared: shared.clone(),
+            wal: wal.clone(),
+            gateway_id: cfg.gateway_id.clone(),
+        });
+        Some(tokio::spawn(admin::serve(listener, view, admin_token.clone())))
+    } else {
+        None
+    };
+
+    // WAL thread.
+    let (wal_tx, wal_rx) = mpsc::channel(16_384);
+    let (durable_tx, durable_rx) = watch::channel(0u64);
+    let (events_tx, events_rx) = stdmpsc::channel();
+    let wake_pending = Arc::new(AtomicBool::new(false));
+    let writer_abort = CancellationToken::new();
+    let writer_thread = {
+        let wal = wal.clone();
+        let shared = shared.clone();
+        let abort = writer_abort.clone();
+        let events_tx = events_tx.clone();
+        let wake_pending = wake_pending.clone();
+        let opts = WriterOptions {
+            max_batch_records: cfg.wal.max_batch_records,
+            max_batch_bytes: cfg.wal.max_batch_bytes.0 as usize,
+            linger: cfg.wal.commit_linger,
+            idle_sync: Duration::from_secs(1),
+        };
+        std::thread::Builder::new()
+            .name("wal".into())
+            .spawn(move || {
+                writer::run(wal, wal_rx, durable_tx, shared, opts, abort, move || {
+                    if !wake_pending.swap(true, Relaxed) {
+                        let _ = events_tx.send(forward::Event::Wake);
+                    }
+                })
+            })
+            .map_err(anyhow::Error::from)?
+    };
+
+    // Forwarder thread.
+    let forward_stop = CancellationToken::new();
+    let forwarder_thread = {
+        let wal = wal.clone();
+        let wal_tx = wal_tx.clone();
+        let loaded = loaded.clone();
+        let shared = shared.clone();
+        let stop = forward_stop.clone();
+        let opts = forward_options(&loaded);
+        let grace = cfg.shutdown.grace_period;
+        let failed = shutdown.clone();
+        std::thread::Builder::new()
+            .name("forward".into())
+            .spawn(move || {
+                let r = forward::run(
+                    wal, wal_tx, events_rx, events_tx, wake_pending, loaded, shared, opts, stop,
+                    grace,
+                );
+                if let Err(e) = &r {
+                    tracing::error!(error = %e, "forwarder failed; shutting down");
+                    failed.cancel();
+                }
+                r
+            })
+            .map_err(anyhow::Error::from)?
+    };
+
+    on_ready(&Ready { admin_addr });
+
+    // MQTT ingest runs until shutdown.
+    let ingest_result = ingest::run(
+        loaded.clone(),
+        wal_tx,
+        durable_rx,
+        shared.clone(),
+        shutdown.clone(),
+    )
+    .await;
+    if let Err(e) = &ingest_result {
+        tracing::error!(error = %e, "MQTT ingest failed; shutting down");
+    }
+
+    // Then drain Kafka deliveries within the grace period, then let the WAL thread
+    // apply the final watermark and sync.
+    forward_stop.cancel();
+    let grace = cfg.shutdown.grace_period;
+    let forward_result = tokio::task::spawn_blocking(move || forwarder_thread.join())
+        .await
+        .map_err(anyhow::Error::from)?;
+    let writer_deadline = tokio::time::sleep(grace + Duration::from_secs(5));
+    let abort = writer_abort.clone();
+    let writer_join = tokio::task::spawn_blocking(move || writer_thread.join());
+    tokio::pin!(writer_join);
+    tokio::select! {
+        r = &mut writer_join => { let _ = r; }
+        _ = writer_deadline => {
+            abort.cancel();
+            let _ = writer_join.await;
+        }
+    }
+    let st = wal.stats();
+    tracing::info!(
+        backlog = st.records,
+        oldest_seq = ?st.oldest_seq,
+        next_seq = st.next_seq,
+        "stopped; the backlog stays in the WAL for the next start"
+    );
+    state::set(&shared.mqtt_last_error, None);
+    admin_token.cancel();
+    if let Some(t) = admin_task {
+        let _ = t.await;
+    }
+    ingest_result?;
+    match forward_result {
+        Ok(r) => r?,
+        Err(_) => return Err(anyhow::anyhow!("forwarder thread panicked").into()),
+    }
+    Ok(())
+}

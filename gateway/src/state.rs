@@ -1,0 +1,153 @@
+//! Shared counters and status flags, and the admin API's view of them.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use wal::Wal;
+
+/// Monotonic counters (all `_total` in Prometheus terms).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// PUBLISH packets received from MQTT.
+    pub mqtt_messages_received: AtomicU64,
+    /// PUBACK/PUBREC sent after a durable commit.
+    pub mqtt_messages_acked: AtomicU64,
+    /// Connections lost (or never made) and retried.
+    pub mqtt_reconnects: AtomicU64,
+    /// Records committed durably to the WAL.
+    pub wal_records_committed: AtomicU64,
+    /// Write transactions committed.
+    pub wal_commits: AtomicU64,
+    /// Commits that failed (and were retried).
+    pub wal_commit_errors: AtomicU64,
+    /// Records acknowledged by Kafka.
+    pub kafka_records_forwarded: AtomicU64,
+    /// Records parked in the dead-letter table.
+    pub kafka_records_dead_lettered: AtomicU64,
+    /// Failed delivery reports (retried or dead-lettered).
+    pub kafka_delivery_errors: AtomicU64,
+    /// Producers rebuilt after a fatal or unrecoverable error.
+    pub kafka_producer_rebuilds: AtomicU64,
+}
+
+/// State shared by the ingest, WAL, forwarder and admin parts.
+#[derive(Debug)]
+pub struct Shared {
+    /// Counters.
+    pub counters: Counters,
+    /// An MQTT session is up.
+    pub mqtt_connected: AtomicBool,
+    /// New MQTT messages are being written (false while the WAL cannot commit).
+    pub mqtt_accepting: AtomicBool,
+    /// The broker currently used.
+    pub mqtt_server: Mutex<Option<String>>,
+    /// Last MQTT error, if any.
+    pub mqtt_last_error: Mutex<Option<String>>,
+    /// The last commit succeeded.
+    pub wal_writable: AtomicBool,
+    /// Last WAL error, if any.
+    pub wal_last_error: Mutex<Option<String>>,
+    /// Last Kafka error, if any.
+    pub kafka_last_error: Mutex<Option<String>>,
+    /// Records handed to the producer and not yet acknowledged.
+    pub kafka_in_flight: AtomicU64,
+    started: Instant,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            counters: Counters::default(),
+            mqtt_connected: AtomicBool::new(false),
+            mqtt_accepting: AtomicBool::new(true),
+            mqtt_server: Mutex::new(None),
+            mqtt_last_error: Mutex::new(None),
+            wal_writable: AtomicBool::new(true),
+            wal_last_error: Mutex::new(None),
+            kafka_last_error: Mutex::new(None),
+            kafka_in_flight: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+}
+
+/// Store `value` in a status slot.
+pub fn set(slot: &Mutex<Option<String>>, value: Option<String>) {
+    *slot.lock().unwrap_or_else(|e| e.into_inner()) = value;
+}
+
+fn get(slot: &Mutex<Option<String>>) -> Option<String> {
+    slot.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// The admin API's data source.
+#[derive(Debug)]
+pub struct AdminView {
+    /// Shared state.
+    pub shared: Arc<Shared>,
+    /// The WAL, for its O(1) stats.
+    pub wal: Arc<Wal>,
+    /// Gateway id from the config.
+    pub gateway_id: String,
+}
+
+impl admin::Source for AdminView {
+    fn snapshot(&self) -> admin::Snapshot {
+        let s = &self.shared;
+        let c = &s.counters;
+        let w = self.wal.stats();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        admin::Snapshot {
+            gateway_id: self.gateway_id.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_seconds: s.started.elapsed().as_secs_f64(),
+            mqtt: admin::MqttStatus {
+                connected: s.mqtt_connected.load(Relaxed),
+                server: get(&s.mqtt_server),
+                last_error: get(&s.mqtt_last_error),
+                accepting: s.mqtt_accepting.load(Relaxed),
+            },
+            wal: admin::WalStatus {
+                path: self.wal.path().display().to_string(),
+                writable: s.wal_writable.load(Relaxed),
+                last_error: get(&s.wal_last_error),
+            },
+            kafka: admin::KafkaStatus {
+                last_error: get(&s.kafka_last_error),
+                in_flight: s.kafka_in_flight.load(Relaxed),
+            },
+            backlog: admin::Backlog {
+                records: w.records,
+                bytes: w.bytes,
+                oldest_seq: w.oldest_seq,
+                newest_seq: w.newest_seq,
+                // Wall time is only used for this display; a clock jump skews the age,
+                // never order or identity.
+                oldest_age_seconds: w
+                    .oldest_receive_time_ms
+                    .map(|t| now_ms.saturating_sub(t) as f64 / 1000.0),
+                next_seq: w.next_seq,
+            },
+            dead_letters: admin::DeadLetters {
+                records: w.dead_letters,
+                bytes: w.dead_letter_bytes,
+            },
+            counters: admin::Counters {
+                mqtt_messages_received: c.mqtt_messages_received.load(Relaxed),
+                mqtt_messages_acked: c.mqtt_messages_acked.load(Relaxed),
+                mqtt_reconnects: c.mqtt_reconnects.load(Relaxed),
+                wal_records_committed: c.wal_records_committed.load(Relaxed),
+                wal_commits: c.wal_commits.load(Relaxed),
+                wal_commit_errors: c.wal_commit_errors.load(Relaxed),
+                kafka_records_forwarded: c.kafka_records_forwarded.load(Relaxed),
+                kafka_records_dead_lettered: c.kafka_records_dead_lettered.load(Relaxed),
+                kafka_delivery_errors: c.kafka_delivery_errors.load(Relaxed),
+                kafka_producer_rebuilds: c.kafka_producer_rebuilds.load(Relaxed),
+            },
+        }
+    }
+}
