@@ -1,1 +1,583 @@
+//! Test harness: real Mosquitto and real Kafka on free loopback ports, the gateway
+//! binary under test, an MQTT publisher that knows what the broker acknowledged, a
+//! Kafka reader, and a checker that reports lost / duplicated / out-of-order messages.
+//!
+//! Brokers are started through `scripts/mosquitto-local.sh` and
+//! `scripts/kafka-local.sh` (the same scripts the demo uses), each in its own
+//! temporary directory, and stopped on drop. Missing software is installed by
+//! `scripts/install-deps.sh`; if that is impossible the test fails saying so.
 
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+pub mod checker;
+
+pub use checker::{check, Consumed, Published, Report};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Wait until `cond` holds, polling; panic with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if cond() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// A TCP port free right now on 127.0.0.1.
+pub fn free_port() -> u16 {
+    // Keep handed-out ports distinct within this process even if the OS reuses them.
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind 127.0.0.1:0")
+            .port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+}
+
+/// A process-unique name, for Kafka topics and client ids.
+pub fn unique(prefix: &str) -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id())
+}
+
+fn kafka_libs() -> PathBuf {
+    if let Ok(p) = std::env::var("MKG_KAFKA_LIBS") {
+        return PathBuf::from(p);
+    }
+    let cache = std::env::var("MKG_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|_| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+            .join(".cache/mqtt-kafka-gateway")
+    });
+    cache.join("kafka-4.1.1/libs")
+}
+
+fn deps_present() -> bool {
+    let has = |bin: &str| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {bin}"))
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    has("mosquitto")
+        && has("java")
+        && kafka_libs().join("kafka_2.13-4.1.1.jar").exists()
+}
+
+/// Make sure Mosquitto, Java and the Kafka jars are installed (once per process).
+pub fn ensure_deps() {
+    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
+    let r = DONE.get_or_init(|| {
+        if deps_present() {
+            return Ok(());
+        }
+        eprintln!("[harness] brokers missing: running scripts/install-deps.sh");
+        let status = Command::new("bash")
+            .arg(repo_root().join("scripts/install-deps.sh"))
+            .status()
+            .map_err(|e| format!("cannot run scripts/install-deps.sh: {e}"))?;
+        if !status.success() || !deps_present() {
+            return Err(format!(
+                "Mosquitto / Java / Kafka 4.1.1 jars are missing and scripts/install-deps.sh failed ({status}). \
+                 Install them with `sudo bash scripts/install-deps.sh` (needs apt and Maven Central)."
+            ));
+        }
+        Ok(())
+    });
+    if let Err(e) = r {
+        panic!("{e}");
+    }
+}
+
+fn run_script(script: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts").join(script))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {script}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{script} {args:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn read_pid(file: &Path) -> Option<i32> {
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+}
+
+/// Send `sig` to `pid`.
+pub fn kill(pid: i32, sig: i32) {
+    // SAFETY: kill(2) with a pid we started; no memory is involved.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// A Mosquitto broker on a free loopback port, stopped on drop.
+#[derive(Debug)]
+pub struct Mosquitto {
+    dir: tempfile::TempDir,
+    /// Its port.
+    pub port: u16,
+}
+
+impl Mosquitto {
+    /// Start one (persistence on, raised inflight/queue limits).
+    pub fn start() -> Self {
+        ensure_deps();
+        let dir = tempfile::Builder::new().prefix("mkg-mosq").tempdir().unwrap();
+        let port = free_port();
+        let m = Self { dir, port };
+        m.start_again();
+        m
+    }
+
+    /// Start it again after [`Mosquitto::kill`] (same port, same persistence file).
+    pub fn start_again(&self) {
+        let dir = self.dir.path().to_str().unwrap().to_string();
+        run_script("mosquitto-local.sh", &["start", &dir, &self.port.to_string()])
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> Option<i32> {
+        read_pid(&self.dir.path().join("mosquitto.pid"))
+    }
+
+    /// Send a signal and wait for the process to go (for TERM/KILL).
+    pub fn kill(&self, sig: i32) {
+        if let Some(pid) = self.pid() {
+            kill(pid, sig);
+            wait_until("mosquitto to exit", Duration::from_secs(30), || {
+                !Path::new(&format!("/proc/{pid}")).exists()
+                    || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                        .map(|s| s.contains(") Z "))
+                        .unwrap_or(true)
+            });
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let dir = self.dir.path().to_str().unwrap().to_string();
+        let _ = run_script("mosquitto-local.sh", &["stop", &dir]);
+    }
+}
+
+/// A single-node KRaft Kafka on free loopback ports, stopped on drop.
+#[derive(Debug)]
+pub struct Kafka {
+    dir: tempfile::TempDir,
+    /// Client port.
+    pub port: u16,
+    controller_port: u16,
+}
+
+impl Kafka {
+    /// Start one and wait until it accepts connections.
+    pub fn start() -> Self {
+        let k = Self::not_started();
+        k.start_again();
+        k
+    }
+
+    /// Reserve ports and a directory without starting (for "Kafka down" tests).
+    pub fn not_started() -> Self {
+        ensure_deps();
+        Self {
+            dir: tempfile::Builder::new().prefix("mkg-kafka").tempdir().unwrap(),
+            port: free_port(),
+            controller_port: free_port(),
+        }
+    }
+
+    /// Start (or restart, keeping its data).
+    pub fn start_again(&self) {
+        let dir = self.dir.path().to_str().unwrap().to_string();
+        run_script(
+            "kafka-local.sh",
+            &[
+                "start",
+                &dir,
+                &self.port.to_string(),
+                &self.controller_port.to_string(),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Stop it (SIGTERM, then wait).
+    pub fn stop(&self) {
+        let dir = self.dir.path().to_str().unwrap().to_string();
+        let _ = run_script("kafka-local.sh", &["stop", &dir]);
+    }
+
+    /// Its process id while running.
+    pub fn pid(&self) -> Option<i32> {
+        read_pid(&self.dir.path().join("kafka.pid"))
+    }
+
+    /// `host:port` for clients.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Kafka {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The gateway binary under test, killed on drop.
+#[derive(Debug)]
+pub struct Gateway {
+    child: Option<Child>,
+    bin: PathBuf,
+    /// Working directory: config, WAL, logs.
+    pub dir: PathBuf,
+    /// Admin API address.
+    pub admin: SocketAddr,
+    config: PathBuf,
+    runs: u32,
+}
+
+impl Gateway {
+    /// Write `config` (TOML; `{admin}` and `{wal}` are filled in) to a file in `dir`
+    /// and start the binary `bin` with it.
+    pub fn start(bin: &Path, dir: &Path, config: &str) -> Self {
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let text = config
+            .replace("{admin}", &admin.to_string())
+            .replace("{wal}", dir.join("wal").to_str().unwrap());
+        let path = dir.join("gateway.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut g = Self {
+            child: None,
+            bin: bin.to_path_buf(),
+            dir: dir.to_path_buf(),
+            admin,
+            config: path,
+            runs: 0,
+        };
+        g.restart();
+        g
+    }
+
+    /// Start the process (again).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "gateway already running");
+        self.runs += 1;
+        let log = std::fs::File::create(self.dir.join(format!("gateway-{}.log", self.runs))).unwrap();
+        let child = Command::new(&self.bin)
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", std::env::var("MKG_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
+        self.child = Some(child);
+    }
+
+    /// Log of the latest run.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join(format!("gateway-{}.log", self.runs))).unwrap_or_default()
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// Wait until `/healthz` answers (the WAL is open and the admin API serves).
+    pub fn wait_serving(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.try_wait() {
+                panic!("gateway exited early ({status}):\n{}", self.log());
+            }
+            if http_get(self.admin, "/healthz").is_ok_and(|(s, _)| s == 200) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "gateway not serving:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait until `/readyz` says ready (MQTT connected, WAL writable).
+    pub fn wait_ready(&mut self) {
+        self.wait_serving();
+        let admin = self.admin;
+        wait_until("gateway /readyz", Duration::from_secs(60), || {
+            http_get(admin, "/readyz").is_ok_and(|(s, _)| s == 200)
+        });
+    }
+
+    /// GET a JSON document from the admin API.
+    pub fn json(&self, path: &str) -> serde_json::Value {
+        let (status, body) = http_get(self.admin, path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    /// Send a signal.
+    pub fn signal(&self, sig: i32) {
+        kill(self.pid(), sig);
+    }
+
+    /// SIGKILL and reap.
+    pub fn sigkill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Exit status if it has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status)
+    }
+
+    /// Wait for exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.try_wait() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "gateway did not exit within {timeout:?}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.sigkill();
+    }
+}
+
+/// Run the gateway binary with arguments to completion; returns (exit code, stderr).
+pub fn run_gateway_cmd(bin: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run gateway binary");
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Minimal HTTP/1.1 GET; returns (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response: {text}")))?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    })
+}
+
+/// The payload the checker understands: `publisher:seq:` then filler up to `size`.
+pub fn payload(publisher: &str, seq: u64, size: usize) -> Vec<u8> {
+    let mut p = format!("{publisher}:{seq}:").into_bytes();
+    while p.len() < size {
+        p.push(b'x');
+    }
+    p
+}
+
+/// Publish messages to Mosquitto with QoS `qos`, returning those the broker
+/// acknowledged (all of them unless `timeout` passes first).
+pub fn publish(port: u16, qos: u8, messages: &[(String, Vec<u8>)], timeout: Duration) -> Vec<Published> {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let qos_v = match qos {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    };
+    let messages = messages.to_vec();
+    runtime().block_on(async move {
+        let mut o = MqttOptions::new(unique("pub"), "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(30))
+            .set_inflight(200)
+            .set_max_packet_size(64 << 20, 64 << 20)
+            .set_clean_session(true);
+        let (client, mut el) = AsyncClient::new(o, 1000);
+        let n = messages.len();
+        let sender = {
+            let messages = messages.clone();
+            tokio::spawn(async move {
+                for (t, p) in messages {
+                    if client.publish(t, qos_v, false, p).await.is_err() {
+                        break;
+                    }
+                }
+                client
+            })
+        };
+        // rumqttc sends in order and Mosquitto acks QoS 1 in order: count acks.
+        let mut acked = 0usize;
+        let mut sent = 0usize;
+        let deadline = tokio::time::Instant::now() + timeout;
+        while acked < n {
+            let ev = tokio::select! {
+                ev = el.poll() => ev,
+                _ = tokio::time::sleep_until(deadline) => break,
+            };
+            match ev {
+                Ok(Event::Incoming(Packet::PubAck(_))) | Ok(Event::Incoming(Packet::PubComp(_))) => acked += 1,
+                Ok(Event::Outgoing(rumqttc::Outgoing::Publish(_))) if qos == 0 => {
+                    sent += 1;
+                    acked = sent;
+                }
+                Ok(_) => {}
+                Err(e) => panic!("publisher connection failed: {e}"),
+            }
+        }
+        let client = sender.await.unwrap();
+        let _ = client.disconnect().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            tokio::select! {
+                ev = el.poll() => if ev.is_err() || matches!(ev, Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) { break },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        messages
+            .into_iter()
+            .take(acked)
+            .map(|(topic, payload)| Published { topic, payload })
+            .collect()
+    })
+}
+
+/// Read records from `topics` until `done(records so far)` or `timeout`.
+pub fn consume(
+    bootstrap: &str,
+    topics: &[&str],
+    timeout: Duration,
+    mut done: impl FnMut(&[Consumed]) -> bool,
+) -> Vec<Consumed> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Headers;
+    use rdkafka::{ClientConfig, Message};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("checker"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("topic.metadata.refresh.interval.ms", "500")
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(topics).expect("subscribe");
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while !done(&out) && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let mut headers = BTreeMap::new();
+                if let Some(h) = m.headers() {
+                    for hdr in h.iter() {
+                        headers.insert(
+                            hdr.key.to_string(),
+                            String::from_utf8_lossy(hdr.value.unwrap_or_default()).into_owned(),
+                        );
+                    }
+                }
+                out.push(Consumed {
+                    topic: m.topic().to_string(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(|k| k.to_vec()),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                    timestamp: m.timestamp().to_millis(),
+                });
+            }
+            Some(Err(e)) => {
+                // Unknown topic until the first record creates it: keep polling.
+                let _ = e;
+            }
+            None => {}
+        }
+    }
+    out
+}
+
+/// Count distinct (publisher, seq) ids among records.
+pub fn distinct_ids(records: &[Consumed]) -> usize {
+    let mut seen: HashMap<Vec<u8>, ()> = HashMap::new();
+    for r in records {
+        if let Some(id) = checker::message_id(&r.payload) {
+            seen.insert(id.to_vec(), ());
+        }
+    }
+    seen.len()
+}

@@ -1,0 +1,233 @@
+#!/usr/bin/env bash
+# Start/stop a throwaway single-node Apache Kafka 4.1.1 (KRaft, broker+controller
+# in one JVM) from the jars that scripts/install-deps.sh put in the cache.
+#
+#   scripts/kafka-local.sh start  DATA_DIR PORT CONTROLLER_PORT
+#   scripts/kafka-local.sh stop   DATA_DIR
+#   scripts/kafka-local.sh status DATA_DIR
+#
+# start: writes DATA_DIR/server.properties, formats DATA_DIR/logs (only when it
+#        is not formatted yet, so a stop/start keeps the data), launches the
+#        broker in its own session with stdout+stderr appended to
+#        DATA_DIR/kafka.log, writes DATA_DIR/kafka.pid and waits until
+#        127.0.0.1:PORT accepts TCP connections (the broker opens that port only
+#        once it is fully started, so this means "ready").
+# stop:  SIGTERM, waits for exit (SIGKILL after MKG_KAFKA_STOP_TIMEOUT seconds).
+#
+# Environment (all optional):
+#   MKG_CACHE_DIR            cache root (default ~/.cache/mqtt-kafka-gateway)
+#   MKG_KAFKA_LIBS           jar dir (default $MKG_CACHE_DIR/kafka-4.1.1/libs)
+#   MKG_JAVA                 java binary (default: java on PATH)
+#   MKG_KAFKA_JVM_OPTS       replaces the default heap/GC/JIT flags below
+#   MKG_KAFKA_START_TIMEOUT  seconds to wait for the port (default 90)
+#   MKG_KAFKA_STOP_TIMEOUT   seconds to wait before SIGKILL (default 30)
+#   MKG_KAFKA_CDS_DUMP       (used by install-deps.sh) broker JVM dumps a CDS
+#                            archive to this path when it exits
+set -euo pipefail
+
+KAFKA_VERSION=4.1.1
+CACHE_ROOT="${MKG_CACHE_DIR:-$HOME/.cache/mqtt-kafka-gateway}"
+KAFKA_HOME="$CACHE_ROOT/kafka-$KAFKA_VERSION"
+LIBS="${MKG_KAFKA_LIBS:-$KAFKA_HOME/libs}"
+# Class-data-sharing archive built by install-deps.sh; optional (startup ~2.5s -> ~1s).
+CDS_ARCHIVE="$KAFKA_HOME/kafka-cds.jsa"
+JAVA="${MKG_JAVA:-java}"
+DEFAULT_JVM_OPTS="-Xms256m -Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1"
+START_TIMEOUT="${MKG_KAFKA_START_TIMEOUT:-90}"
+STOP_TIMEOUT="${MKG_KAFKA_STOP_TIMEOUT:-30}"
+
+log() { echo "[kafka-local] $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+usage() {
+    cat >&2 <<EOF
+usage: $0 start DATA_DIR PORT CONTROLLER_PORT
+       $0 stop DATA_DIR
+       $0 status DATA_DIR
+EOF
+    exit 2
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+now_ms() { date +%s%3N; }
+
+# kill -0 also succeeds for a zombie whose parent never reaps it; treat that as dead.
+alive() {
+    kill -0 "$1" 2>/dev/null || return 1
+    local state
+    state="$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null)" || return 1
+    state="${state%% *}"
+    [[ $state != Z ]]
+}
+
+# pid from DATA_DIR/kafka.pid if that process is alive and is our broker.
+running_pid() {
+    local pidfile="$1/kafka.pid" pid
+    [[ -f $pidfile ]] || return 1
+    pid="$(cat "$pidfile")"
+    [[ $pid =~ ^[0-9]+$ ]] || return 1
+    alive "$pid" || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'kafka\.Kafka' || return 1
+    echo "$pid"
+}
+
+java_opts() {
+    # shellcheck disable=SC2206
+    JVM_OPTS=(${MKG_KAFKA_JVM_OPTS:-$DEFAULT_JVM_OPTS})
+    JVM_OPTS+=(-Djava.awt.headless=true)
+    # No log4j2 config file: log4j's default configuration logs to stdout;
+    # this property sets its root level (the default would be ERROR only).
+    JVM_OPTS+=(-Dlog4j2.level=INFO)
+    if [[ -f $CDS_ARCHIVE ]]; then
+        # A stale/mismatching archive is ignored by the JVM (-Xshare:auto).
+        JVM_OPTS+=(-XX:SharedArchiveFile="$CDS_ARCHIVE" -Xlog:cds=off -Xlog:cds+dynamic=off)
+    fi
+}
+
+cmd_start() {
+    [[ $# -eq 3 ]] || usage
+    local data_dir="$1" port="$2" cport="$3"
+    [[ $port =~ ^[0-9]+$ && $cport =~ ^[0-9]+$ ]] || die "PORT and CONTROLLER_PORT must be numbers"
+    [[ $port != "$cport" ]] || die "PORT and CONTROLLER_PORT must differ"
+    [[ -f $LIBS/kafka_2.13-$KAFKA_VERSION.jar ]] ||
+        die "Kafka jars not found in $LIBS; run scripts/install-deps.sh first"
+    command -v "$JAVA" >/dev/null || die "java not found ($JAVA); run scripts/install-deps.sh"
+
+    mkdir -p "$data_dir"
+    data_dir="$(cd "$data_dir" && pwd -P)"
+    local pid
+    if pid="$(running_pid "$data_dir")"; then
+        die "Kafka already running for $data_dir (pid $pid)"
+    fi
+    # Otherwise waiting for the port could be satisfied by someone else's server.
+    port_open "$port" && die "port $port is already in use"
+    port_open "$cport" && die "controller port $cport is already in use"
+
+    local props="$data_dir/server.properties"
+    cat >"$props" <<EOF
+# written by scripts/kafka-local.sh
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$cport
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$data_dir/logs
+num.partitions=3
+default.replication.factor=1
+min.insync.replicas=1
+auto.create.topics.enable=true
+delete.topic.enable=true
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+num.network.threads=2
+num.io.threads=4
+num.recovery.threads.per.data.dir=1
+EOF
+
+    java_opts
+    local t0
+    t0="$(now_ms)"
+
+    if [[ ! -f $data_dir/logs/meta.properties ]]; then
+        # Kafka cluster ids are 16 random bytes, base64url without padding.
+        # Avoid a leading '-': argparse would take "-t -xyz" for an option
+        # (the --cluster-id=ID form below is immune anyway).
+        local cid
+        while :; do
+            cid="$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+            [[ $cid != -* ]] && break
+        done
+        log "formatting $data_dir/logs: $JAVA ${JVM_OPTS[*]} -cp '$LIBS/*' kafka.tools.StorageTool format --cluster-id=$cid --config $props --ignore-formatted"
+        "$JAVA" "${JVM_OPTS[@]}" -cp "$LIBS/*" kafka.tools.StorageTool \
+            format --cluster-id="$cid" --config "$props" --ignore-formatted \
+            >>"$data_dir/kafka.log" 2>&1 ||
+            { tail -n 30 "$data_dir/kafka.log" >&2; die "storage format failed"; }
+    fi
+    local t1
+    t1="$(now_ms)"
+
+    # setsid: own session/process group, so the broker survives the caller's
+    # terminal and is not hit by its Ctrl-C. No job control here, so setsid
+    # execs (no fork) and $! is the java pid.
+    local extra=()
+    [[ -n ${MKG_KAFKA_CDS_DUMP:-} ]] && extra+=(-XX:ArchiveClassesAtExit="$MKG_KAFKA_CDS_DUMP")
+    extra+=(-XX:ErrorFile="$data_dir/hs_err_pid%p.log")
+    log "starting broker in $data_dir: $JAVA ${JVM_OPTS[*]} ${extra[*]} -cp '$LIBS/*' kafka.Kafka $props"
+    (cd "$data_dir" && exec setsid "$JAVA" "${JVM_OPTS[@]}" "${extra[@]}" \
+        -cp "$LIBS/*" kafka.Kafka "$props" >>"$data_dir/kafka.log" 2>&1 </dev/null) &
+    pid=$!
+    echo "$pid" >"$data_dir/kafka.pid"
+
+    local deadline=$((t1 + START_TIMEOUT * 1000))
+    while ! port_open "$port"; do
+        if ! alive "$pid"; then
+            tail -n 40 "$data_dir/kafka.log" >&2
+            rm -f "$data_dir/kafka.pid"
+            die "Kafka exited during startup (see $data_dir/kafka.log)"
+        fi
+        if (($(now_ms) > deadline)); then
+            tail -n 40 "$data_dir/kafka.log" >&2
+            kill -KILL "$pid" 2>/dev/null || true
+            rm -f "$data_dir/kafka.pid"
+            die "Kafka did not open port $port within ${START_TIMEOUT}s (see $data_dir/kafka.log)"
+        fi
+        sleep 0.05
+    done
+    local t2
+    t2="$(now_ms)"
+    log "Kafka ready on 127.0.0.1:$port (pid $pid; format $((t1 - t0))ms, broker start $((t2 - t1))ms)"
+}
+
+cmd_stop() {
+    [[ $# -eq 1 ]] || usage
+    local data_dir="$1" pid
+    if ! pid="$(running_pid "$data_dir")"; then
+        log "Kafka not running for $data_dir"
+        rm -f "$data_dir/kafka.pid"
+        return 0
+    fi
+    log "stopping Kafka (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    local deadline=$(($(now_ms) + STOP_TIMEOUT * 1000))
+    while alive "$pid"; do
+        if (($(now_ms) > deadline)); then
+            log "no exit after ${STOP_TIMEOUT}s, sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+            deadline=$(($(now_ms) + 10000))
+        fi
+        sleep 0.05
+    done
+    rm -f "$data_dir/kafka.pid"
+    log "Kafka stopped"
+}
+
+cmd_status() {
+    [[ $# -eq 1 ]] || usage
+    local pid
+    if pid="$(running_pid "$1")"; then
+        echo "running (pid $pid)"
+    else
+        echo "stopped"
+        return 1
+    fi
+}
+
+[[ $# -ge 1 ]] || usage
+cmd="$1"
+shift
+case "$cmd" in
+start) cmd_start "$@" ;;
+stop) cmd_stop "$@" ;;
+status) cmd_status "$@" ;;
+*) usage ;;
+esac

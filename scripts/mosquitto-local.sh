@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Start/stop a throwaway mosquitto MQTT broker bound to 127.0.0.1.
+#
+#   scripts/mosquitto-local.sh start  DATA_DIR PORT
+#   scripts/mosquitto-local.sh stop   DATA_DIR
+#   scripts/mosquitto-local.sh status DATA_DIR
+#
+# start: writes DATA_DIR/mosquitto.conf, runs `mosquitto -c DATA_DIR/mosquitto.conf -d`
+#        (it daemonizes itself and writes DATA_DIR/mosquitto.pid; log in
+#        DATA_DIR/mosquitto.log, persistence in DATA_DIR/mosquitto.db) and
+#        waits until 127.0.0.1:PORT accepts TCP connections.
+# stop:  SIGTERM (mosquitto saves its persistence db on exit), waits for exit,
+#        SIGKILL after MKG_MOSQUITTO_STOP_TIMEOUT seconds (default 15).
+#
+# Environment (optional): MKG_MOSQUITTO (binary, default mosquitto on PATH),
+#   MKG_MOSQUITTO_START_TIMEOUT (default 15), MKG_MOSQUITTO_STOP_TIMEOUT (default 15).
+set -euo pipefail
+
+MOSQUITTO="${MKG_MOSQUITTO:-mosquitto}"
+START_TIMEOUT="${MKG_MOSQUITTO_START_TIMEOUT:-15}"
+STOP_TIMEOUT="${MKG_MOSQUITTO_STOP_TIMEOUT:-15}"
+
+log() { echo "[mosquitto-local] $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+usage() {
+    cat >&2 <<EOF
+usage: $0 start DATA_DIR PORT
+       $0 stop DATA_DIR
+       $0 status DATA_DIR
+EOF
+    exit 2
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+now_ms() { date +%s%3N; }
+
+alive() {
+    kill -0 "$1" 2>/dev/null || return 1
+    local state
+    state="$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null)" || return 1
+    state="${state%% *}"
+    [[ $state != Z ]]
+}
+
+running_pid() {
+    local pidfile="$1/mosquitto.pid" pid
+    [[ -f $pidfile ]] || return 1
+    pid="$(cat "$pidfile")"
+    [[ $pid =~ ^[0-9]+$ ]] || return 1
+    alive "$pid" || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'mosquitto' || return 1
+    echo "$pid"
+}
+
+cmd_start() {
+    [[ $# -eq 2 ]] || usage
+    local data_dir="$1" port="$2" pid
+    [[ $port =~ ^[0-9]+$ ]] || die "PORT must be a number"
+    command -v "$MOSQUITTO" >/dev/null || die "mosquitto not found; run scripts/install-deps.sh"
+    mkdir -p "$data_dir"
+    data_dir="$(cd "$data_dir" && pwd -P)"
+    if pid="$(running_pid "$data_dir")"; then
+        die "mosquitto already running for $data_dir (pid $pid)"
+    fi
+    port_open "$port" && die "port $port is already in use"
+    rm -f "$data_dir/mosquitto.pid"
+
+    local conf="$data_dir/mosquitto.conf"
+    # `user`: when started as root, mosquitto otherwise drops to user
+    # "mosquitto", which cannot write the pid/log/db files in DATA_DIR.
+    cat >"$conf" <<EOF
+# written by scripts/mosquitto-local.sh
+user $(id -un)
+pid_file $data_dir/mosquitto.pid
+listener $port 127.0.0.1
+allow_anonymous true
+persistence true
+persistence_location $data_dir/
+autosave_interval 1
+max_inflight_messages 1000
+max_queued_messages 1000000
+max_queued_bytes 0
+log_dest file $data_dir/mosquitto.log
+log_type error
+log_type warning
+log_type notice
+log_type information
+connection_messages true
+log_timestamp_format %Y-%m-%dT%H:%M:%S
+EOF
+
+    local t0
+    t0="$(now_ms)"
+    log "starting: $MOSQUITTO -c $conf -d"
+    # Config errors are reported here, before mosquitto daemonizes.
+    "$MOSQUITTO" -c "$conf" -d </dev/null >>"$data_dir/mosquitto.log" 2>&1 ||
+        { tail -n 20 "$data_dir/mosquitto.log" >&2; die "mosquitto failed to start"; }
+
+    local deadline=$((t0 + START_TIMEOUT * 1000))
+    while ! port_open "$port"; do
+        if (($(now_ms) > deadline)); then
+            tail -n 20 "$data_dir/mosquitto.log" >&2
+            if pid="$(running_pid "$data_dir")"; then kill -KILL "$pid" 2>/dev/null || true; fi
+            die "mosquitto did not open port $port within ${START_TIMEOUT}s"
+        fi
+        sleep 0.02
+    done
+    # The pid file is written right after daemonizing; wait for it too.
+    while ! pid="$(running_pid "$data_dir")"; do
+        (($(now_ms) > deadline)) && die "mosquitto pid file $data_dir/mosquitto.pid missing"
+        sleep 0.02
+    done
+    log "mosquitto ready on 127.0.0.1:$port (pid $pid, $(($(now_ms) - t0))ms)"
+}
+
+cmd_stop() {
+    [[ $# -eq 1 ]] || usage
+    local data_dir="$1" pid
+    if ! pid="$(running_pid "$data_dir")"; then
+        log "mosquitto not running for $data_dir"
+        rm -f "$data_dir/mosquitto.pid"
+        return 0
+    fi
+    log "stopping mosquitto (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    local deadline=$(($(now_ms) + STOP_TIMEOUT * 1000))
+    while alive "$pid"; do
+        if (($(now_ms) > deadline)); then
+            log "no exit after ${STOP_TIMEOUT}s, sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+            deadline=$(($(now_ms) + 10000))
+        fi
+        sleep 0.02
+    done
+    rm -f "$data_dir/mosquitto.pid"
+    log "mosquitto stopped"
+}
+
+cmd_status() {
+    [[ $# -eq 1 ]] || usage
+    local pid
+    if pid="$(running_pid "$1")"; then
+        echo "running (pid $pid)"
+    else
+        echo "stopped"
+        return 1
+    fi
+}
+
+[[ $# -ge 1 ]] || usage
+cmd="$1"
+shift
+case "$cmd" in
+start) cmd_start "$@" ;;
+stop) cmd_stop "$@" ;;
+status) cmd_status "$@" ;;
+*) usage ;;
+esac

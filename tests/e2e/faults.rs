@@ -1,0 +1,142 @@
+//! Faults from issue 2: Kafka down at start, SIGKILL mid-stream, SIGTERM drain, a
+//! damaged WAL file.
+
+use std::time::Duration;
+
+use harness::{check, consume, distinct_ids, publish, unique, wait_until, Gateway, Kafka, Mosquitto};
+use libtest_mimic::Failed;
+
+use crate::{bin, config, fail, kafka, messages};
+
+pub fn kafka_down_at_start_backlog_then_drains() -> Result<(), Failed> {
+    let own = Kafka::not_started();
+    let m = Mosquitto::start();
+    let dir = tempfile::tempdir()?;
+    let topic = unique("down");
+    let cfg = config(m.port, &own.bootstrap(), "")
+        .replace("[kafka]\n", &format!("[kafka]\ntopic = \"{topic}\"\n"));
+    let mut gw = Gateway::start(bin(), dir.path(), &cfg);
+    gw.wait_ready();
+
+    let msgs = messages("down", &["d/1".into(), "d/2".into(), "d/3".into()], 3_000, 256);
+    // Acknowledged to MQTT although Kafka is down: the WAL holds them.
+    let published = publish(m.port, 1, &msgs, Duration::from_secs(60));
+    if published.len() != msgs.len() {
+        return Err(fail(format!("broker acked {} of {}", published.len(), msgs.len())));
+    }
+    wait_until("backlog of 3000 on /backlog", Duration::from_secs(30), || {
+        gw.json("/backlog")["records"] == 3000
+    });
+    let b = gw.json("/backlog");
+    if b["oldest_seq"] != 1 || b["newest_seq"] != 3000 || b["bytes"].as_u64().unwrap_or(0) < 3000 * 256 {
+        return Err(fail(format!("backlog: {b}")));
+    }
+    own.start_again();
+    let consumed = consume(&own.bootstrap(), &[topic.as_str()], Duration::from_secs(120), |r| {
+        distinct_ids(r) >= 3000
+    });
+    let report = check(&published, &consumed);
+    report.assert_clean();
+    wait_until("backlog to drain", Duration::from_secs(60), || gw.json("/backlog")["records"] == 0);
+    eprintln!("{report}");
+    Ok(())
+}
+
+pub fn sigkill_mid_stream_loses_nothing() -> Result<(), Failed> {
+    let k = kafka();
+    let m = Mosquitto::start();
+    let dir = tempfile::tempdir()?;
+    let topic = unique("kill");
+    let cfg = config(m.port, &k.bootstrap(), "")
+        .replace("[kafka]\n", &format!("[kafka]\ntopic = \"{topic}\"\n"));
+    let mut gw = Gateway::start(bin(), dir.path(), &cfg);
+    gw.wait_ready();
+
+    let topics: Vec<String> = (0..4).map(|i| format!("k/dev{i}")).collect();
+    let msgs = messages("kill", &topics, 20_000, 256);
+    let port = m.port;
+    let publisher = std::thread::spawn(move || publish(port, 1, &msgs, Duration::from_secs(180)));
+    // Kill in the middle of the stream, twice.
+    for round in 0..2 {
+        let admin = gw.admin;
+        let want = 4_000 * (round + 1);
+        wait_until("gateway to receive part of the stream", Duration::from_secs(60), || {
+            harness::http_get(admin, "/status")
+                .ok()
+                .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+                .and_then(|v| v["counters"]["mqtt_messages_received"].as_u64())
+                .is_some_and(|n| n >= want)
+        });
+        gw.sigkill();
+        gw.restart();
+        gw.wait_ready();
+    }
+    let published = publisher.join().map_err(|_| fail("publisher panicked"))?;
+    if published.len() != 20_000 {
+        return Err(fail(format!("broker acked {} of 20000", published.len())));
+    }
+    let consumed = consume(&k.bootstrap(), &[topic.as_str()], Duration::from_secs(180), |r| {
+        distinct_ids(r) >= 20_000
+    });
+    let report = check(&published, &consumed);
+    eprintln!("{report}");
+    report.assert_clean();
+    Ok(())
+}
+
+pub fn sigterm_drains_and_exits_0() -> Result<(), Failed> {
+    let k = kafka();
+    let m = Mosquitto::start();
+    let dir = tempfile::tempdir()?;
+    let topic = unique("term");
+    let cfg = config(m.port, &k.bootstrap(), "")
+        .replace("[kafka]\n", &format!("[kafka]\ntopic = \"{topic}\"\n"));
+    let mut gw = Gateway::start(bin(), dir.path(), &cfg);
+    gw.wait_ready();
+    let msgs = messages("term", &["t/a".into(), "t/b".into()], 5_000, 256);
+    let published = publish(m.port, 1, &msgs, Duration::from_secs(60));
+    // SIGTERM right after the last PUBACK from the broker: deliveries are in flight.
+    gw.signal(libc::SIGTERM);
+    let status = gw.wait_exit(Duration::from_secs(30));
+    if status.code() != Some(0) {
+        return Err(fail(format!("exit {status}:\n{}", gw.log())));
+    }
+    let log = gw.log();
+    if !log.contains("forwarder stopped") {
+        return Err(fail(format!("no orderly stop in log:\n{log}")));
+    }
+    // Whatever the gateway acknowledged is in Kafka now, or in the WAL for the next
+    // start; restart to deliver any rest and check nothing is lost.
+    gw.restart();
+    gw.wait_ready();
+    let consumed = consume(&k.bootstrap(), &[topic.as_str()], Duration::from_secs(120), |r| {
+        distinct_ids(r) >= published.len()
+    });
+    let report = check(&published, &consumed);
+    eprintln!("{report}");
+    report.assert_clean();
+    Ok(())
+}
+
+pub fn corrupted_wal_exit_3_file_kept() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let wal_dir = dir.path().join("wal");
+    std::fs::create_dir_all(&wal_dir)?;
+    let file = wal_dir.join("wal.redb");
+    std::fs::write(&file, vec![0x5Au8; 100_000])?;
+    // Brokers are not needed: the WAL is opened first.
+    let cfg = config(1, "127.0.0.1:1", "");
+    let mut gw = Gateway::start(bin(), dir.path(), &cfg);
+    let status = gw.wait_exit(Duration::from_secs(30));
+    let log = gw.log();
+    if status.code() != Some(3) {
+        return Err(fail(format!("exit {status}, want 3:\n{log}")));
+    }
+    if !log.contains(file.to_str().unwrap()) {
+        return Err(fail(format!("message does not name the file:\n{log}")));
+    }
+    if std::fs::read(&file)?.len() != 100_000 {
+        return Err(fail("the damaged file was modified"));
+    }
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! End-to-end tests against a real Mosquitto and a real Kafka.
+//!
+//! One Kafka broker is shared by the tests that do not need to break it (unique topic
+//! names per test); tests that stop or pause Kafka start their own. Each test starts
+//! its own Mosquitto (it starts in milliseconds).
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use harness::{payload, unique, Kafka};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+mod basic;
+mod config_errors;
+mod faults;
+
+const BIN: &str = env!("CARGO_BIN_EXE_gateway-under-test");
+
+fn bin() -> &'static Path {
+    Path::new(BIN)
+}
+
+/// The shared broker, started on first use.
+fn shared_kafka() -> &'static Kafka {
+    static K: OnceLock<Kafka> = OnceLock::new();
+    K.get_or_init(Kafka::start)
+}
+
+/// A gateway config for tests: `{admin}` and `{wal}` are filled in by the harness.
+fn config(mqtt_port: u16, bootstrap: &str, extra: &str) -> String {
+    format!(
+        r#"
+gateway_id = "test-gw"
+log = "info"
+[mqtt]
+server_uris = ["tcp://127.0.0.1:{mqtt_port}"]
+client_id = "{client}"
+keep_alive = "5s"
+reconnect_max_delay = "1s"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+[wal]
+dir = "{{wal}}"
+[admin]
+listen = "{{admin}}"
+[shutdown]
+grace_period = "10s"
+{extra}
+"#,
+        client = unique("gw")
+    )
+}
+
+fn messages(publisher: &str, topics: &[String], n: u64, size: usize) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            (
+                topics[(i as usize) % topics.len()].clone(),
+                payload(publisher, i, size),
+            )
+        })
+        .collect()
+}
+
+type TestFn = fn() -> Result<(), Failed>;
+
+fn main() {
+    let args = Arguments::from_args();
+    let tests: Vec<(&str, TestFn)> = vec![
+        ("config_errors::bad_files_exit_2_naming_the_key", config_errors::bad_files_exit_2_naming_the_key),
+        ("config_errors::check_config_accepts_example", config_errors::check_config_accepts_example),
+        ("basic::ten_thousand_qos1_messages_mapped_keyed_ordered", basic::ten_thousand_qos1_messages_mapped_keyed_ordered),
+        ("basic::qos0_qos2_binary_and_empty_payloads", basic::qos0_qos2_binary_and_empty_payloads),
+        ("basic::admin_backlog_and_metrics", basic::admin_backlog_and_metrics),
+        ("faults::kafka_down_at_start_backlog_then_drains", faults::kafka_down_at_start_backlog_then_drains),
+        ("faults::sigkill_mid_stream_loses_nothing", faults::sigkill_mid_stream_loses_nothing),
+        ("faults::sigterm_drains_and_exits_0", faults::sigterm_drains_and_exits_0),
+        ("faults::corrupted_wal_exit_3_file_kept", faults::corrupted_wal_exit_3_file_kept),
+    ];
+    let trials = tests
+        .into_iter()
+        .map(|(name, f)| Trial::test(name, move || f()))
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    // Stop the shared broker (statics are not dropped at exit).
+    if let Some(k) = SHARED.get() {
+        k.stop();
+    }
+    conclusion.exit();
+}
+
+static SHARED: OnceLock<&'static Kafka> = OnceLock::new();
+
+/// The shared broker, remembered for the final stop.
+fn kafka() -> &'static Kafka {
+    let k = shared_kafka();
+    let _ = SHARED.set(k);
+    k
+}
+
+/// Shorthand for building a failure.
+fn fail(msg: impl Into<String>) -> Failed {
+    msg.into().into()
+}
+
