@@ -16,7 +16,11 @@ pub const EXIT_CONFIG: u8 = 2;
 pub const EXIT_WAL: u8 = 3;
 
 #[derive(Debug, Parser)]
-#[command(name = "mqtt-kafka-gateway", version, about = "MQTT -> durable WAL -> Kafka gateway for edge sites")]
+#[command(
+    name = "mqtt-kafka-gateway",
+    version,
+    about = "MQTT -> durable WAL -> Kafka gateway for edge sites"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -104,7 +108,9 @@ pub fn main() -> ExitCode {
                 Err(e @ RunError::WalOpen(_)) => {
                     tracing::error!("{e}");
                     eprintln!("error: {e}");
-                    eprintln!("the WAL file was left untouched; move it aside to start with an empty WAL");
+                    eprintln!(
+                        "the WAL file was left untouched; move it aside to start with an empty WAL"
+                    );
                     ExitCode::from(EXIT_WAL)
                 }
                 Err(e) => {

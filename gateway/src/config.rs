@@ -295,7 +295,9 @@ impl<'de> Deserialize<'de> for ByteSize {
         }
         match Raw::deserialize(d)? {
             Raw::N(n) => Ok(ByteSize(n)),
-            Raw::S(s) => parse_size(&s).map(ByteSize).map_err(serde::de::Error::custom),
+            Raw::S(s) => parse_size(&s)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -528,7 +530,11 @@ impl Config {
                 .unwrap_or_default();
             ConfigError {
                 file: file.into(),
-                key: if path == "." { "(top level)".into() } else { path },
+                key: if path == "." {
+                    "(top level)".into()
+                } else {
+                    path
+                },
                 reason: format!("{reason}{location}"),
             }
         })?;
@@ -568,7 +574,10 @@ impl Config {
             return Err(err("mqtt.client_id", "must be 1..65535 bytes".into()));
         }
         if m.keep_alive < Duration::from_secs(1) && !m.keep_alive.is_zero() {
-            return Err(err("mqtt.keep_alive", "must be 0 (off) or at least 1s".into()));
+            return Err(err(
+                "mqtt.keep_alive",
+                "must be 0 (off) or at least 1s".into(),
+            ));
         }
         if m.keep_alive.as_secs() > u16::MAX as u64 {
             return Err(err("mqtt.keep_alive", "must be at most 65535s".into()));
@@ -611,7 +620,10 @@ impl Config {
             (Some(p), None) => Some(p.clone()),
             (None, Some(f)) => {
                 let text = std::fs::read_to_string(f).map_err(|e| {
-                    err("mqtt.password_file", format!("cannot read {}: {e}", f.display()))
+                    err(
+                        "mqtt.password_file",
+                        format!("cannot read {}: {e}", f.display()),
+                    )
                 })?;
                 Some(Secret(text.trim_end_matches(['\r', '\n']).to_string()))
             }
@@ -699,7 +711,8 @@ impl Config {
         if self.wal.cache_size.0 < 1 << 20 {
             return Err(err("wal.cache_size", "must be at least 1 MiB".into()));
         }
-        if self.forward.max_in_flight_records == 0 || self.forward.max_in_flight_records > 1_000_000 {
+        if self.forward.max_in_flight_records == 0 || self.forward.max_in_flight_records > 1_000_000
+        {
             return Err(err(
                 "forward.max_in_flight_records",
                 "must be between 1 and 1000000".into(),
@@ -779,11 +792,15 @@ mod tests {
     #[test]
     fn bad_qos_and_filter_rejected() {
         assert_eq!(
-            load("[[mqtt.topics]]\nfilter = \"a/#\"\nqos = 3\n").unwrap_err().key,
+            load("[[mqtt.topics]]\nfilter = \"a/#\"\nqos = 3\n")
+                .unwrap_err()
+                .key,
             "mqtt.topics[0].qos"
         );
         assert_eq!(
-            load("[[mqtt.topics]]\nfilter = \"a/#/b\"\n").unwrap_err().key,
+            load("[[mqtt.topics]]\nfilter = \"a/#/b\"\n")
+                .unwrap_err()
+                .key,
             "mqtt.topics[0].filter"
         );
     }
@@ -803,7 +820,8 @@ mod tests {
 
     #[test]
     fn unreadable_password_file_is_named_without_leaking() {
-        let e = load("[mqtt]\nusername = \"u\"\npassword_file = \"/nonexistent/pw\"\n").unwrap_err();
+        let e =
+            load("[mqtt]\nusername = \"u\"\npassword_file = \"/nonexistent/pw\"\n").unwrap_err();
         assert_eq!(e.key, "mqtt.password_file");
     }
 
@@ -829,8 +847,11 @@ mod tests {
         assert!(e.key.contains("acks"), "{e}");
         let e = load("[kafka.properties]\n\"enable.idempotence\" = false\n").unwrap_err();
         assert!(e.key.contains("enable.idempotence"), "{e}");
-        let l = load("[kafka.properties]\n\"linger.ms\" = 5\n\"compression.type\" = \"lz4\"\n").unwrap();
-        assert!(l.producer_properties.contains(&("linger.ms".into(), "5".into())));
+        let l = load("[kafka.properties]\n\"linger.ms\" = 5\n\"compression.type\" = \"lz4\"\n")
+            .unwrap();
+        assert!(l
+            .producer_properties
+            .contains(&("linger.ms".into(), "5".into())));
     }
 
     #[test]

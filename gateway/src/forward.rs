@@ -88,7 +88,9 @@ impl ClientContext for Ctx {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, msg: &str) {
         use rdkafka::config::RDKafkaLogLevel::*;
         match level {
-            Emerg | Alert | Critical | Error => tracing::error!(target: "librdkafka", "{fac}: {msg}"),
+            Emerg | Alert | Critical | Error => {
+                tracing::error!(target: "librdkafka", "{fac}: {msg}")
+            }
             Warning => tracing::warn!(target: "librdkafka", "{fac}: {msg}"),
             Notice | Info => tracing::info!(target: "librdkafka", "{fac}: {msg}"),
             Debug => tracing::debug!(target: "librdkafka", "{fac}: {msg}"),
@@ -102,7 +104,10 @@ impl ClientContext for Ctx {
         } else {
             tracing::warn!(%error, %reason, "Kafka client error (retrying)");
         }
-        state::set(&self.shared.kafka_last_error, Some(format!("{error}: {reason}")));
+        state::set(
+            &self.shared.kafka_last_error,
+            Some(format!("{error}: {reason}")),
+        );
     }
 }
 
@@ -273,11 +278,22 @@ pub fn run(
     grace: Duration,
 ) -> anyhow::Result<()> {
     let fatal = Arc::new(AtomicBool::new(false));
-    let producer = producer(&loaded, 0, events_tx.clone(), fatal.clone(), shared.clone(), &opts)?;
+    let producer = producer(
+        &loaded,
+        0,
+        events_tx.clone(),
+        fatal.clone(),
+        shared.clone(),
+        &opts,
+    )?;
     let stats = wal.stats();
     let cursor = stats.oldest_seq.unwrap_or(stats.next_seq);
     if stats.records > 0 {
-        tracing::info!(records = stats.records, from_seq = cursor, "replaying WAL backlog to Kafka");
+        tracing::info!(
+            records = stats.records,
+            from_seq = cursor,
+            "replaying WAL backlog to Kafka"
+        );
     }
     let mut f = Forwarder {
         router: loaded.router.clone(),
@@ -312,7 +328,10 @@ impl Forwarder {
         loop {
             if shutdown.is_cancelled() {
                 let deadline = *drain_deadline.get_or_insert_with(|| {
-                    tracing::info!(in_flight = self.inflight.len(), "draining in-flight Kafka deliveries");
+                    tracing::info!(
+                        in_flight = self.inflight.len(),
+                        "draining in-flight Kafka deliveries"
+                    );
                     Instant::now() + grace
                 });
                 if self.inflight.is_empty() {
@@ -404,10 +423,16 @@ impl Forwarder {
         match error {
             None => {
                 self.inflight[idx].done = true;
-                self.shared.counters.kafka_records_forwarded.fetch_add(1, Relaxed);
+                self.shared
+                    .counters
+                    .kafka_records_forwarded
+                    .fetch_add(1, Relaxed);
             }
             Some(e) => {
-                self.shared.counters.kafka_delivery_errors.fetch_add(1, Relaxed);
+                self.shared
+                    .counters
+                    .kafka_delivery_errors
+                    .fetch_add(1, Relaxed);
                 state::set(&self.shared.kafka_last_error, Some(e.to_string()));
                 match classify(&e) {
                     Failure::Permanent => {
@@ -417,7 +442,8 @@ impl Forwarder {
                     }
                     Failure::Retry => {
                         if self.need_rebuild.is_none() {
-                            self.need_rebuild = Some(format!("delivery of record {seq} failed: {e}"));
+                            self.need_rebuild =
+                                Some(format!("delivery of record {seq} failed: {e}"));
                         }
                     }
                 }
@@ -428,7 +454,11 @@ impl Forwarder {
     fn dead_letter(&mut self, seq: u64, reason: String) {
         // Sent on the same channel before any ack covering `seq`: the WAL thread moves
         // it before it could delete it (rule 3).
-        if self.wal_tx.blocking_send(WalCmd::DeadLetter(seq, reason)).is_err() {
+        if self
+            .wal_tx
+            .blocking_send(WalCmd::DeadLetter(seq, reason))
+            .is_err()
+        {
             tracing::error!(seq, "WAL thread gone; record stays in the WAL");
         }
     }
@@ -471,7 +501,10 @@ impl Forwarder {
                 .opts
                 .max_in_flight_records
                 .saturating_sub(self.inflight.len());
-            let room_bytes = self.opts.max_in_flight_bytes.saturating_sub(self.inflight_bytes);
+            let room_bytes = self
+                .opts
+                .max_in_flight_bytes
+                .saturating_sub(self.inflight_bytes);
             if room == 0 || room_bytes == 0 {
                 return Ok(sent_any);
             }
@@ -486,7 +519,9 @@ impl Forwarder {
                         queue_full = true;
                         return std::ops::ControlFlow::Break(());
                     }
-                    Err(SendError::Permanent(reason)) => dead.push((seq, encoded_len(&rec), reason)),
+                    Err(SendError::Permanent(reason)) => {
+                        dead.push((seq, encoded_len(&rec), reason))
+                    }
                     Err(SendError::Retry(reason)) => {
                         self.need_rebuild.get_or_insert(reason);
                         return std::ops::ControlFlow::Break(());
@@ -514,7 +549,10 @@ impl Forwarder {
                 let done = reason.is_some();
                 if let Some(reason) = reason {
                     tracing::warn!(seq, %reason, "record cannot be sent; parking it in the dead-letter table");
-                    self.shared.counters.kafka_delivery_errors.fetch_add(1, Relaxed);
+                    self.shared
+                        .counters
+                        .kafka_delivery_errors
+                        .fetch_add(1, Relaxed);
                     self.dead_letter(seq, reason);
                 }
                 self.inflight.push_back(Slot { seq, bytes, done });
@@ -590,7 +628,10 @@ impl Forwarder {
     /// Replace the producer and replay from the watermark.
     fn rebuild(&mut self, why: &str, shutdown: &CancellationToken) -> anyhow::Result<()> {
         tracing::warn!(reason = %why, watermark = self.watermark, delay = ?self.rebuild_delay, "rebuilding Kafka producer; replaying from the watermark");
-        self.shared.counters.kafka_producer_rebuilds.fetch_add(1, Relaxed);
+        self.shared
+            .counters
+            .kafka_producer_rebuilds
+            .fetch_add(1, Relaxed);
         state::set(&self.shared.kafka_last_error, Some(why.to_string()));
         self.producer
             .purge(PurgeConfig::default().queue().inflight().non_blocking());

@@ -81,8 +81,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let servers = &loaded.servers;
     let mut server_idx = 0usize;
-    let (client, mut eventloop) =
-        AsyncClient::new(mqtt_options(&loaded, &servers[0])?, 65_536);
+    let (client, mut eventloop) = AsyncClient::new(mqtt_options(&loaded, &servers[0])?, 65_536);
     eventloop
         .network_options
         .set_connection_timeout(loaded.config.mqtt.connection_timeout.as_secs().max(1));
@@ -269,8 +268,7 @@ async fn acker(
     shared: Arc<Shared>,
 ) {
     while let Some(item) = rx.recv().await {
-        if *durable.borrow() < item.ticket
-            && durable.wait_for(|d| *d >= item.ticket).await.is_err()
+        if *durable.borrow() < item.ticket && durable.wait_for(|d| *d >= item.ticket).await.is_err()
         {
             return; // WAL thread gone: never ack what is not durable.
         }

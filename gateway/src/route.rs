@@ -193,7 +193,11 @@ impl Router {
     }
 
     fn compute(&self, topic: &str) -> Result<Arc<str>, String> {
-        let Some(route) = self.routes.iter().find(|r| filter_matches(&r.filter, topic)) else {
+        let Some(route) = self
+            .routes
+            .iter()
+            .find(|r| filter_matches(&r.filter, topic))
+        else {
             return Ok(self.default.clone());
         };
         match &route.target {
@@ -211,8 +215,9 @@ impl Router {
                     }
                 }));
                 name.push_str(suffix);
-                validate_kafka_topic(&name)
-                    .map_err(|e| format!("MQTT topic {topic:?} maps to an illegal Kafka topic: {e}"))?;
+                validate_kafka_topic(&name).map_err(|e| {
+                    format!("MQTT topic {topic:?} maps to an illegal Kafka topic: {e}")
+                })?;
                 Ok(name.into())
             }
         }
@@ -266,8 +271,14 @@ mod tests {
         };
         let mut r = Router::new(&k).unwrap();
         assert_eq!(&*r.route("alarms/fire/1").unwrap(), "alarms");
-        assert_eq!(&*r.route("sensors/t1/temp").unwrap(), "edge.sensors.t1.temp.raw");
-        assert_eq!(&*r.route("sensors/t 1/tempé").unwrap(), "edge.sensors.t_1.temp_.raw");
+        assert_eq!(
+            &*r.route("sensors/t1/temp").unwrap(),
+            "edge.sensors.t1.temp.raw"
+        );
+        assert_eq!(
+            &*r.route("sensors/t 1/tempé").unwrap(),
+            "edge.sensors.t_1.temp_.raw"
+        );
         assert_eq!(&*r.route("other").unwrap(), "fallback");
         let long = format!("sensors/{}/x", "a".repeat(300));
         assert!(r.route(&long).unwrap_err().contains("longer than 249"));

@@ -98,7 +98,11 @@ pub async fn run(
             wal: wal.clone(),
             gateway_id: cfg.gateway_id.clone(),
         });
-        Some(tokio::spawn(admin::serve(listener, view, admin_token.clone())))
+        Some(tokio::spawn(admin::serve(
+            listener,
+            view,
+            admin_token.clone(),
+        )))
     } else {
         None
     };
@@ -148,7 +152,15 @@ pub async fn run(
             .name("forward".into())
             .spawn(move || {
                 let r = forward::run(
-                    wal, wal_tx, events_rx, events_tx, wake_pending, loaded, shared, opts, stop,
+                    wal,
+                    wal_tx,
+                    events_rx,
+                    events_tx,
+                    wake_pending,
+                    loaded,
+                    shared,
+                    opts,
+                    stop,
                     grace,
                 );
                 if let Err(e) = &r {

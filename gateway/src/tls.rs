@@ -22,12 +22,18 @@ pub fn client_config(m: &MqttConfig) -> anyhow::Result<TlsConfiguration> {
         .collect::<Result<_, _>>()
         .with_context(|| format!("mqtt.tls.ca_file: bad PEM in {}", tls.ca_file.display()))?;
     if cas.is_empty() {
-        anyhow::bail!("mqtt.tls.ca_file: no certificate in {}", tls.ca_file.display());
+        anyhow::bail!(
+            "mqtt.tls.ca_file: no certificate in {}",
+            tls.ca_file.display()
+        );
     }
     for ca in cas {
-        roots
-            .add(ca)
-            .with_context(|| format!("mqtt.tls.ca_file: unusable certificate in {}", tls.ca_file.display()))?;
+        roots.add(ca).with_context(|| {
+            format!(
+                "mqtt.tls.ca_file: unusable certificate in {}",
+                tls.ca_file.display()
+            )
+        })?;
     }
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -39,7 +45,9 @@ pub fn client_config(m: &MqttConfig) -> anyhow::Result<TlsConfiguration> {
         (Some(cert), Some(key)) => {
             let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
                 .and_then(|it| it.collect::<Result<_, _>>())
-                .with_context(|| format!("mqtt.tls.client_cert_file: cannot read {}", cert.display()))?;
+                .with_context(|| {
+                    format!("mqtt.tls.client_cert_file: cannot read {}", cert.display())
+                })?;
             // The key's content is never put in an error message.
             let key = PrivateKeyDer::from_pem_file(key).map_err(|_| {
                 anyhow::anyhow!(

@@ -166,12 +166,14 @@ pub fn run(
         let c = &shared.counters;
         c.wal_commits.fetch_add(1, Relaxed);
         if !dead.is_empty() {
-            c.kafka_records_dead_lettered.fetch_add(dead.len() as u64, Relaxed);
+            c.kafka_records_dead_lettered
+                .fetch_add(dead.len() as u64, Relaxed);
         }
         unsynced = matches!(durability, Durability::None);
         if !appends.is_empty() {
             durable_count += appends.len() as u64;
-            c.wal_records_committed.fetch_add(appends.len() as u64, Relaxed);
+            c.wal_records_committed
+                .fetch_add(appends.len() as u64, Relaxed);
             // Rule 1: acknowledgements are released only now, after the fsync.
             durable.send_replace(durable_count);
             on_append();
@@ -246,7 +248,11 @@ fn commit_with_retry(
             }
             Err(CommitError::AckBeyondEnd { ack, next_seq }) => {
                 // A bug upstream; never delete what was not assigned. Drop the ack only.
-                tracing::error!(ack, next_seq, "forwarder acknowledged an unassigned sequence; ignoring that ack");
+                tracing::error!(
+                    ack,
+                    next_seq,
+                    "forwarder acknowledged an unassigned sequence; ignoring that ack"
+                );
                 debug_assert!(false, "ack beyond end");
                 return true;
             }

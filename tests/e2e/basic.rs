@@ -41,15 +41,47 @@ pub fn ten_thousand_qos1_messages_mapped_keyed_ordered() -> Result<(), Failed> {
     let msgs = messages("a", &topics, 10_000, 256);
     let published = publish(m.port, 1, &msgs, Duration::from_secs(120));
     if published.len() != msgs.len() {
-        return Err(fail(format!("broker acked {} of {}", published.len(), msgs.len())));
+        return Err(fail(format!(
+            "broker acked {} of {}",
+            published.len(),
+            msgs.len()
+        )));
     }
     let t1 = format!("{prefix}.site.sensor.t1");
     let t2 = format!("{prefix}.site.sensor.t2");
     let kafka_topics = [fixed.as_str(), t1.as_str(), t2.as_str(), default.as_str()];
-    let consumed = consume(&k.bootstrap(), &kafka_topics, Duration::from_secs(120), |r| {
-        distinct_ids(r) >= 10_000
-    });
+    let consumed = consume(
+        &k.bootstrap(),
+        &kafka_topics,
+        Duration::from_secs(120),
+        |r| distinct_ids(r) >= 10_000,
+    );
     let report = check(&published, &consumed);
+    if !report.lost.is_empty() {
+        let out = std::process::Command::new("kcat")
+            .args(["-b", &k.bootstrap(), "-L"])
+            .output()?;
+        eprintln!("topics: {}", String::from_utf8_lossy(&out.stdout));
+        for t in kafka_topics {
+            let out = std::process::Command::new("kcat")
+                .args([
+                    "-b",
+                    &k.bootstrap(),
+                    "-C",
+                    "-t",
+                    t,
+                    "-e",
+                    "-q",
+                    "-f",
+                    "%p %k\n",
+                ])
+                .output()?;
+            eprintln!(
+                "{t}: {} records",
+                String::from_utf8_lossy(&out.stdout).lines().count()
+            );
+        }
+    }
     report.assert_clean();
     if !report.duplicated.is_empty() {
         return Err(fail(format!("duplicates in a fault-free run: {report}")));
@@ -79,9 +111,16 @@ pub fn ten_thousand_qos1_messages_mapped_keyed_ordered() -> Result<(), Failed> {
         if c.key.as_deref() != Some(mqtt_topic.as_bytes()) {
             return Err(fail(format!("key {:?} != topic {mqtt_topic}", c.key)));
         }
-        for (h, v) in [("mqtt.qos", "1"), ("mqtt.retain", "false"), ("gateway.id", "test-gw")] {
+        for (h, v) in [
+            ("mqtt.qos", "1"),
+            ("mqtt.retain", "false"),
+            ("gateway.id", "test-gw"),
+        ] {
             if c.headers.get(h).map(String::as_str) != Some(v) {
-                return Err(fail(format!("header {h} = {:?}, want {v}", c.headers.get(h))));
+                return Err(fail(format!(
+                    "header {h} = {:?}, want {v}",
+                    c.headers.get(h)
+                )));
             }
         }
         let seq: u64 = c.headers["gateway.seq"].parse()?;
@@ -120,27 +159,44 @@ pub fn qos0_qos2_binary_and_empty_payloads() -> Result<(), Failed> {
     let q2 = publish(
         m.port,
         2,
-        &(0..200).map(|i| ("q2/dev".to_string(), harness::payload("q2", i, 64))).collect::<Vec<_>>(),
+        &(0..200)
+            .map(|i| ("q2/dev".to_string(), harness::payload("q2", i, 64)))
+            .collect::<Vec<_>>(),
         Duration::from_secs(60),
     );
     // Binary payload (not UTF-8) after the id, an odd but legal topic.
     let mut binary = harness::payload("bin", 0, 0);
     binary.extend_from_slice(&[0, 159, 146, 150, 255, 0]);
     let odd_topic = "odd/ünï cödé/+plus#hash".replace(['+', '#'], "_");
-    let odd = publish(m.port, 1, &[(odd_topic.clone(), binary.clone())], Duration::from_secs(30));
+    let odd = publish(
+        m.port,
+        1,
+        &[(odd_topic.clone(), binary.clone())],
+        Duration::from_secs(30),
+    );
     let q0 = publish(
         m.port,
         0,
-        &(0..50).map(|i| ("q0/dev".to_string(), harness::payload("q0", i, 32))).collect::<Vec<_>>(),
+        &(0..50)
+            .map(|i| ("q0/dev".to_string(), harness::payload("q0", i, 32)))
+            .collect::<Vec<_>>(),
         Duration::from_secs(30),
     );
-    let empty = publish(m.port, 1, &[("odd/empty".to_string(), Vec::new())], Duration::from_secs(30));
+    let empty = publish(
+        m.port,
+        1,
+        &[("odd/empty".to_string(), Vec::new())],
+        Duration::from_secs(30),
+    );
     if q2.len() != 200 || odd.len() != 1 || empty.len() != 1 {
         return Err(fail("broker did not ack everything"));
     }
-    let consumed = consume(&k.bootstrap(), &[topic.as_str()], Duration::from_secs(60), |r| {
-        r.iter().any(|c| c.payload.is_empty()) && distinct_ids(r) >= 201
-    });
+    let consumed = consume(
+        &k.bootstrap(),
+        &[topic.as_str()],
+        Duration::from_secs(60),
+        |r| r.iter().any(|c| c.payload.is_empty()) && distinct_ids(r) >= 201,
+    );
     let report = check(&[q2, odd].concat(), &consumed);
     report.assert_clean();
     let bin_rec = consumed
@@ -150,14 +206,23 @@ pub fn qos0_qos2_binary_and_empty_payloads() -> Result<(), Failed> {
     if bin_rec.payload != binary || bin_rec.headers["mqtt.topic"] != odd_topic {
         return Err(fail("binary payload or odd topic altered"));
     }
-    if !consumed.iter().any(|c| c.payload.is_empty() && c.headers["mqtt.topic"] == "odd/empty") {
+    if !consumed
+        .iter()
+        .any(|c| c.payload.is_empty() && c.headers["mqtt.topic"] == "odd/empty")
+    {
         return Err(fail("empty payload missing"));
     }
-    if !consumed.iter().any(|c| c.headers.get("mqtt.qos").map(String::as_str) == Some("2")) {
+    if !consumed
+        .iter()
+        .any(|c| c.headers.get("mqtt.qos").map(String::as_str) == Some("2"))
+    {
         return Err(fail("qos 2 header missing"));
     }
     // QoS 0 has no acknowledgement to check; whatever arrived is intact.
-    let q0_seen = consumed.iter().filter(|c| c.payload.starts_with(b"q0:")).count();
+    let q0_seen = consumed
+        .iter()
+        .filter(|c| c.payload.starts_with(b"q0:"))
+        .count();
     eprintln!("{report}; qos0 delivered {q0_seen}/{}", q0.len());
     Ok(())
 }
@@ -171,16 +236,30 @@ pub fn admin_backlog_and_metrics() -> Result<(), Failed> {
         .replace("[kafka]\n", &format!("[kafka]\ntopic = \"{topic}\"\n"));
     let mut gw = Gateway::start(bin(), dir.path(), &cfg);
     gw.wait_ready();
-    let published = publish(m.port, 1, &crate::messages("adm", &["a/b".into()], 100, 100), Duration::from_secs(30));
-    let consumed = consume(&k.bootstrap(), &[topic.as_str()], Duration::from_secs(60), |r| distinct_ids(r) >= 100);
+    let published = publish(
+        m.port,
+        1,
+        &crate::messages("adm", &["a/b".into()], 100, 100),
+        Duration::from_secs(30),
+    );
+    let consumed = consume(
+        &k.bootstrap(),
+        &[topic.as_str()],
+        Duration::from_secs(60),
+        |r| distinct_ids(r) >= 100,
+    );
     check(&published, &consumed).assert_clean();
-    wait_until("metrics to show 100 forwarded", Duration::from_secs(30), || {
-        harness::http_get(gw.admin, "/metrics").is_ok_and(|(_, body)| {
-            body.contains("mkg_kafka_records_forwarded_total 100")
-                && body.contains("mkg_mqtt_messages_acked_total 100")
-                && body.contains("mkg_backlog_records 0")
-        })
-    });
+    wait_until(
+        "metrics to show 100 forwarded",
+        Duration::from_secs(30),
+        || {
+            harness::http_get(gw.admin, "/metrics").is_ok_and(|(_, body)| {
+                body.contains("mkg_kafka_records_forwarded_total 100")
+                    && body.contains("mkg_mqtt_messages_acked_total 100")
+                    && body.contains("mkg_backlog_records 0")
+            })
+        },
+    );
     let status = gw.json("/status");
     if status["mqtt"]["connected"] != true || status["wal"]["writable"] != true {
         return Err(fail(format!("status: {status}")));

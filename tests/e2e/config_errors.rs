@@ -10,15 +10,24 @@ pub fn bad_files_exit_2_naming_the_key() -> Result<(), Failed> {
     let cases: &[(&str, &str)] = &[
         ("[mqtt]\nserver_uri = \"tcp://x\"\n", "server_uri"),
         ("[mqtt]\nkeep_alive = 60\n", "mqtt.keep_alive"),
-        ("[[mqtt.topics]]\nfilter = \"a\"\nqos = 7\n", "mqtt.topics[0].qos"),
-        ("[mqtt]\nusername = \"u\"\npassword_file = \"/nonexistent/secret\"\n", "mqtt.password_file"),
+        (
+            "[[mqtt.topics]]\nfilter = \"a\"\nqos = 7\n",
+            "mqtt.topics[0].qos",
+        ),
+        (
+            "[mqtt]\nusername = \"u\"\npassword_file = \"/nonexistent/secret\"\n",
+            "mqtt.password_file",
+        ),
         ("[kafka]\ntopic = \"bad topic!\"\n", "kafka.topic"),
         (
             "[[kafka.routes]]\nmqtt_filter = \"a/#\"\nkafka_topic_template = \"x:{mqtt_topic}\"\n",
             "kafka.routes[0].kafka_topic_template",
         ),
         ("[kafka.properties]\nacks = 1\n", "acks"),
-        ("[kafka.properties]\n\"no.such.property\" = \"x\"\n", "no.such.property"),
+        (
+            "[kafka.properties]\n\"no.such.property\" = \"x\"\n",
+            "no.such.property",
+        ),
         ("[wal]\nmax_batch_bytes = \"lots\"\n", "wal.max_batch_bytes"),
         ("this is not toml", "syntax"),
     ];
@@ -28,10 +37,14 @@ pub fn bad_files_exit_2_naming_the_key() -> Result<(), Failed> {
         for cmd in ["check-config", "run"] {
             let (code, out) = run_gateway_cmd(bin(), &[cmd, "--config", path.to_str().unwrap()]);
             if code != Some(2) {
-                return Err(fail(format!("{cmd} on {text:?}: exit {code:?}, want 2\n{out}")));
+                return Err(fail(format!(
+                    "{cmd} on {text:?}: exit {code:?}, want 2\n{out}"
+                )));
             }
             if !out.contains(key) {
-                return Err(fail(format!("{cmd} on {text:?}: message does not name {key}:\n{out}")));
+                return Err(fail(format!(
+                    "{cmd} on {text:?}: message does not name {key}:\n{out}"
+                )));
             }
         }
     }
@@ -54,7 +67,10 @@ pub fn bad_files_exit_2_naming_the_key() -> Result<(), Failed> {
 
 pub fn check_config_accepts_example() -> Result<(), Failed> {
     let example = harness::repo_root().join("config/gateway.example.toml");
-    let (code, out) = run_gateway_cmd(bin(), &["check-config", "--config", example.to_str().unwrap()]);
+    let (code, out) = run_gateway_cmd(
+        bin(),
+        &["check-config", "--config", example.to_str().unwrap()],
+    );
     if code != Some(0) {
         return Err(fail(format!("example config rejected: {out}")));
     }

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use harness::{check, consume, distinct_ids, publish, unique, wait_until, Gateway, Kafka, Mosquitto};
+use harness::{
+    check, consume, distinct_ids, publish, unique, wait_until, Gateway, Kafka, Mosquitto,
+};
 use libtest_mimic::Failed;
 
 use crate::{bin, config, fail, kafka, messages};
@@ -18,26 +20,45 @@ pub fn kafka_down_at_start_backlog_then_drains() -> Result<(), Failed> {
     let mut gw = Gateway::start(bin(), dir.path(), &cfg);
     gw.wait_ready();
 
-    let msgs = messages("down", &["d/1".into(), "d/2".into(), "d/3".into()], 3_000, 256);
+    let msgs = messages(
+        "down",
+        &["d/1".into(), "d/2".into(), "d/3".into()],
+        3_000,
+        256,
+    );
     // Acknowledged to MQTT although Kafka is down: the WAL holds them.
     let published = publish(m.port, 1, &msgs, Duration::from_secs(60));
     if published.len() != msgs.len() {
-        return Err(fail(format!("broker acked {} of {}", published.len(), msgs.len())));
+        return Err(fail(format!(
+            "broker acked {} of {}",
+            published.len(),
+            msgs.len()
+        )));
     }
-    wait_until("backlog of 3000 on /backlog", Duration::from_secs(30), || {
-        gw.json("/backlog")["records"] == 3000
-    });
+    wait_until(
+        "backlog of 3000 on /backlog",
+        Duration::from_secs(30),
+        || gw.json("/backlog")["records"] == 3000,
+    );
     let b = gw.json("/backlog");
-    if b["oldest_seq"] != 1 || b["newest_seq"] != 3000 || b["bytes"].as_u64().unwrap_or(0) < 3000 * 256 {
+    if b["oldest_seq"] != 1
+        || b["newest_seq"] != 3000
+        || b["bytes"].as_u64().unwrap_or(0) < 3000 * 256
+    {
         return Err(fail(format!("backlog: {b}")));
     }
     own.start_again();
-    let consumed = consume(&own.bootstrap(), &[topic.as_str()], Duration::from_secs(120), |r| {
-        distinct_ids(r) >= 3000
-    });
+    let consumed = consume(
+        &own.bootstrap(),
+        &[topic.as_str()],
+        Duration::from_secs(120),
+        |r| distinct_ids(r) >= 3000,
+    );
     let report = check(&published, &consumed);
     report.assert_clean();
-    wait_until("backlog to drain", Duration::from_secs(60), || gw.json("/backlog")["records"] == 0);
+    wait_until("backlog to drain", Duration::from_secs(60), || {
+        gw.json("/backlog")["records"] == 0
+    });
     eprintln!("{report}");
     Ok(())
 }
@@ -60,13 +81,17 @@ pub fn sigkill_mid_stream_loses_nothing() -> Result<(), Failed> {
     for round in 0..2 {
         let admin = gw.admin;
         let want = 4_000 * (round + 1);
-        wait_until("gateway to receive part of the stream", Duration::from_secs(60), || {
-            harness::http_get(admin, "/status")
-                .ok()
-                .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
-                .and_then(|v| v["counters"]["mqtt_messages_received"].as_u64())
-                .is_some_and(|n| n >= want)
-        });
+        wait_until(
+            "gateway to receive part of the stream",
+            Duration::from_secs(60),
+            || {
+                harness::http_get(admin, "/status")
+                    .ok()
+                    .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+                    .and_then(|v| v["counters"]["mqtt_messages_received"].as_u64())
+                    .is_some_and(|n| n >= want)
+            },
+        );
         gw.sigkill();
         gw.restart();
         gw.wait_ready();
@@ -75,11 +100,48 @@ pub fn sigkill_mid_stream_loses_nothing() -> Result<(), Failed> {
     if published.len() != 20_000 {
         return Err(fail(format!("broker acked {} of 20000", published.len())));
     }
-    let consumed = consume(&k.bootstrap(), &[topic.as_str()], Duration::from_secs(180), |r| {
-        distinct_ids(r) >= 20_000
-    });
+    let consumed = consume(
+        &k.bootstrap(),
+        &[topic.as_str()],
+        Duration::from_secs(180),
+        |r| distinct_ids(r) >= 20_000,
+    );
     let report = check(&published, &consumed);
     eprintln!("{report}");
+    if !report.lost.is_empty() {
+        eprintln!("status: {}", gw.json("/status"));
+        let again = consume(
+            &k.bootstrap(),
+            &[topic.as_str()],
+            Duration::from_secs(30),
+            |r| distinct_ids(r) >= 20_000,
+        );
+        eprintln!("second read: {}", check(&published, &again));
+        let out = std::process::Command::new("kcat")
+            .args([
+                "-b",
+                &k.bootstrap(),
+                "-C",
+                "-t",
+                &topic,
+                "-e",
+                "-q",
+                "-f",
+                "%p %o %k %s\n",
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut per: std::collections::BTreeMap<String, usize> = Default::default();
+        for l in text.lines() {
+            *per.entry(l.split(' ').take(1).collect::<String>())
+                .or_default() += 1;
+        }
+        eprintln!(
+            "kcat per partition: {per:?}; lost example present: {}",
+            text.contains(&format!("{}:", report.lost[0]))
+        );
+    }
     report.assert_clean();
     Ok(())
 }
@@ -109,9 +171,12 @@ pub fn sigterm_drains_and_exits_0() -> Result<(), Failed> {
     // start; restart to deliver any rest and check nothing is lost.
     gw.restart();
     gw.wait_ready();
-    let consumed = consume(&k.bootstrap(), &[topic.as_str()], Duration::from_secs(120), |r| {
-        distinct_ids(r) >= published.len()
-    });
+    let consumed = consume(
+        &k.bootstrap(),
+        &[topic.as_str()],
+        Duration::from_secs(120),
+        |r| distinct_ids(r) >= published.len(),
+    );
     let report = check(&published, &consumed);
     eprintln!("{report}");
     report.assert_clean();

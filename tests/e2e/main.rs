@@ -67,19 +67,46 @@ type TestFn = fn() -> Result<(), Failed>;
 fn main() {
     let args = Arguments::from_args();
     let tests: Vec<(&str, TestFn)> = vec![
-        ("config_errors::bad_files_exit_2_naming_the_key", config_errors::bad_files_exit_2_naming_the_key),
-        ("config_errors::check_config_accepts_example", config_errors::check_config_accepts_example),
-        ("basic::ten_thousand_qos1_messages_mapped_keyed_ordered", basic::ten_thousand_qos1_messages_mapped_keyed_ordered),
-        ("basic::qos0_qos2_binary_and_empty_payloads", basic::qos0_qos2_binary_and_empty_payloads),
-        ("basic::admin_backlog_and_metrics", basic::admin_backlog_and_metrics),
-        ("faults::kafka_down_at_start_backlog_then_drains", faults::kafka_down_at_start_backlog_then_drains),
-        ("faults::sigkill_mid_stream_loses_nothing", faults::sigkill_mid_stream_loses_nothing),
-        ("faults::sigterm_drains_and_exits_0", faults::sigterm_drains_and_exits_0),
-        ("faults::corrupted_wal_exit_3_file_kept", faults::corrupted_wal_exit_3_file_kept),
+        (
+            "config_errors::bad_files_exit_2_naming_the_key",
+            config_errors::bad_files_exit_2_naming_the_key,
+        ),
+        (
+            "config_errors::check_config_accepts_example",
+            config_errors::check_config_accepts_example,
+        ),
+        (
+            "basic::ten_thousand_qos1_messages_mapped_keyed_ordered",
+            basic::ten_thousand_qos1_messages_mapped_keyed_ordered,
+        ),
+        (
+            "basic::qos0_qos2_binary_and_empty_payloads",
+            basic::qos0_qos2_binary_and_empty_payloads,
+        ),
+        (
+            "basic::admin_backlog_and_metrics",
+            basic::admin_backlog_and_metrics,
+        ),
+        (
+            "faults::kafka_down_at_start_backlog_then_drains",
+            faults::kafka_down_at_start_backlog_then_drains,
+        ),
+        (
+            "faults::sigkill_mid_stream_loses_nothing",
+            faults::sigkill_mid_stream_loses_nothing,
+        ),
+        (
+            "faults::sigterm_drains_and_exits_0",
+            faults::sigterm_drains_and_exits_0,
+        ),
+        (
+            "faults::corrupted_wal_exit_3_file_kept",
+            faults::corrupted_wal_exit_3_file_kept,
+        ),
     ];
     let trials = tests
         .into_iter()
-        .map(|(name, f)| Trial::test(name, move || f()))
+        .map(|(name, f)| Trial::test(name, f))
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
     // Stop the shared broker (statics are not dropped at exit).
@@ -102,4 +129,3 @@ fn kafka() -> &'static Kafka {
 fn fail(msg: impl Into<String>) -> Failed {
     msg.into().into()
 }
-

@@ -123,18 +123,25 @@ pub fn check(published: &[Published], consumed: &[Consumed]) -> Report {
     // Records of one key are in one partition; read them in offset order.
     let mut by_partition: BTreeMap<(&str, i32), Vec<&Consumed>> = BTreeMap::new();
     for c in consumed {
-        by_partition.entry((&c.topic, c.partition)).or_default().push(c);
+        by_partition
+            .entry((&c.topic, c.partition))
+            .or_default()
+            .push(c);
     }
     for recs in by_partition.values_mut() {
         recs.sort_by_key(|c| c.offset);
         let mut last: HashMap<(Option<&[u8]>, String), u64> = HashMap::new();
         let mut seen: HashMap<&[u8], ()> = HashMap::new();
         for c in recs.iter() {
-            let Some(id) = message_id(&c.payload) else { continue };
+            let Some(id) = message_id(&c.payload) else {
+                continue;
+            };
             if seen.insert(id, ()).is_some() {
                 continue; // a duplicate from a replay
             }
-            let Some((publisher, seq)) = parse_id(id) else { continue };
+            let Some((publisher, seq)) = parse_id(id) else {
+                continue;
+            };
             let k = (c.key.as_deref(), publisher);
             if let Some(prev) = last.get(&k) {
                 if seq < *prev {
@@ -177,12 +184,19 @@ mod tests {
                 payload: format!("p:{i}:x").into_bytes(),
             })
             .collect();
-        let consumed = vec![rec("t", 0, "k", "p:2"), rec("t", 1, "k", "p:1"), rec("t", 2, "k", "p:2")];
+        let consumed = vec![
+            rec("t", 0, "k", "p:2"),
+            rec("t", 1, "k", "p:1"),
+            rec("t", 2, "k", "p:2"),
+        ];
         let r = check(&published, &consumed);
         assert_eq!(r.lost, vec!["p:3".to_string()]);
         assert_eq!(r.duplicated, vec![("p:2".to_string(), 2)]);
         assert_eq!(r.out_of_order.len(), 1);
-        let clean = check(&published[..2], &[rec("t", 0, "k", "p:1"), rec("t", 1, "k", "p:2")]);
+        let clean = check(
+            &published[..2],
+            &[rec("t", 0, "k", "p:1"), rec("t", 1, "k", "p:2")],
+        );
         assert!(clean.lost.is_empty() && clean.out_of_order.is_empty());
         clean.assert_clean();
     }

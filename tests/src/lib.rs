@@ -71,10 +71,12 @@ fn kafka_libs() -> PathBuf {
     if let Ok(p) = std::env::var("MKG_KAFKA_LIBS") {
         return PathBuf::from(p);
     }
-    let cache = std::env::var("MKG_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
-            .join(".cache/mqtt-kafka-gateway")
-    });
+    let cache = std::env::var("MKG_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+                .join(".cache/mqtt-kafka-gateway")
+        });
     cache.join("kafka-4.1.1/libs")
 }
 
@@ -87,9 +89,7 @@ fn deps_present() -> bool {
             .status()
             .is_ok_and(|s| s.success())
     };
-    has("mosquitto")
-        && has("java")
-        && kafka_libs().join("kafka_2.13-4.1.1.jar").exists()
+    has("mosquitto") && has("java") && kafka_libs().join("kafka_2.13-4.1.1.jar").exists()
 }
 
 /// Make sure Mosquitto, Java and the Kafka jars are installed (once per process).
@@ -161,7 +161,10 @@ impl Mosquitto {
     /// Start one (persistence on, raised inflight/queue limits).
     pub fn start() -> Self {
         ensure_deps();
-        let dir = tempfile::Builder::new().prefix("mkg-mosq").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("mkg-mosq")
+            .tempdir()
+            .unwrap();
         let port = free_port();
         let m = Self { dir, port };
         m.start_again();
@@ -171,8 +174,11 @@ impl Mosquitto {
     /// Start it again after [`Mosquitto::kill`] (same port, same persistence file).
     pub fn start_again(&self) {
         let dir = self.dir.path().to_str().unwrap().to_string();
-        run_script("mosquitto-local.sh", &["start", &dir, &self.port.to_string()])
-            .unwrap_or_else(|e| panic!("{e}"));
+        run_script(
+            "mosquitto-local.sh",
+            &["start", &dir, &self.port.to_string()],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Its process id.
@@ -222,7 +228,10 @@ impl Kafka {
     pub fn not_started() -> Self {
         ensure_deps();
         Self {
-            dir: tempfile::Builder::new().prefix("mkg-kafka").tempdir().unwrap(),
+            dir: tempfile::Builder::new()
+                .prefix("mkg-kafka")
+                .tempdir()
+                .unwrap(),
             port: free_port(),
             controller_port: free_port(),
         }
@@ -305,11 +314,15 @@ impl Gateway {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "gateway already running");
         self.runs += 1;
-        let log = std::fs::File::create(self.dir.join(format!("gateway-{}.log", self.runs))).unwrap();
+        let log =
+            std::fs::File::create(self.dir.join(format!("gateway-{}.log", self.runs))).unwrap();
         let child = Command::new(&self.bin)
             .args(["run", "--config"])
             .arg(&self.config)
-            .env("RUST_LOG", std::env::var("MKG_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("MKG_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -320,7 +333,8 @@ impl Gateway {
 
     /// Log of the latest run.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join(format!("gateway-{}.log", self.runs))).unwrap_or_default()
+        std::fs::read_to_string(self.dir.join(format!("gateway-{}.log", self.runs)))
+            .unwrap_or_default()
     }
 
     /// Process id.
@@ -338,7 +352,11 @@ impl Gateway {
             if http_get(self.admin, "/healthz").is_ok_and(|(s, _)| s == 200) {
                 return;
             }
-            assert!(Instant::now() < deadline, "gateway not serving:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "gateway not serving:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -354,7 +372,8 @@ impl Gateway {
 
     /// GET a JSON document from the admin API.
     pub fn json(&self, path: &str) -> serde_json::Value {
-        let (status, body) = http_get(self.admin, path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let (status, body) =
+            http_get(self.admin, path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
         assert_eq!(status, 200, "GET {path}: {body}");
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
     }
@@ -386,7 +405,11 @@ impl Gateway {
             if let Some(s) = self.try_wait() {
                 return s;
             }
-            assert!(Instant::now() < deadline, "gateway did not exit within {timeout:?}:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not exit within {timeout:?}:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -419,7 +442,10 @@ pub fn run_gateway_cmd(bin: &Path, args: &[&str]) -> (Option<i32>, String) {
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf).into_owned();
@@ -428,7 +454,10 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad response: {text}")))?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -454,7 +483,12 @@ pub fn payload(publisher: &str, seq: u64, size: usize) -> Vec<u8> {
 
 /// Publish messages to Mosquitto with QoS `qos`, returning those the broker
 /// acknowledged (all of them unless `timeout` passes first).
-pub fn publish(port: u16, qos: u8, messages: &[(String, Vec<u8>)], timeout: Duration) -> Vec<Published> {
+pub fn publish(
+    port: u16,
+    qos: u8,
+    messages: &[(String, Vec<u8>)],
+    timeout: Duration,
+) -> Vec<Published> {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
     let qos_v = match qos {
         0 => QoS::AtMostOnce,
@@ -527,21 +561,70 @@ pub fn consume(
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Headers;
     use rdkafka::{ClientConfig, Message};
+    use rdkafka::{Offset, TopicPartitionList};
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("checker"))
-        .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
-        .set("topic.metadata.refresh.interval.ms", "500")
-        .set("allow.auto.create.topics", "false")
+        .set("enable.partition.eof", "false")
         .create()
         .expect("consumer");
-    consumer.subscribe(topics).expect("subscribe");
+    // Assign every partition from the beginning (no consumer group rebalances), adding
+    // topics as they appear.
+    let mut assigned: HashMap<String, i32> = HashMap::new();
+    let mut next_meta = Instant::now();
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
-    while !done(&out) && Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(200)) {
+    // `done` may be costly (it scans everything read): ask it when idle or every 2000.
+    let mut since_check = 0usize;
+    loop {
+        if since_check == 0 && done(&out) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        if Instant::now() >= next_meta {
+            next_meta = Instant::now() + Duration::from_millis(500);
+            let mut grew = false;
+            // One metadata request for all topics; stop asking once all exist (each
+            // request disturbs the fetchers of partitions it does not mention).
+            if let Ok(md) = consumer.fetch_metadata(None, Duration::from_secs(5)) {
+                for t in topics {
+                    let Some(mt) = md.topics().iter().find(|mt| mt.name() == *t) else {
+                        continue;
+                    };
+                    let n = mt.partitions().len() as i32;
+                    if mt.error().is_none() && n > assigned.get(*t).copied().unwrap_or(0) {
+                        assigned.insert(t.to_string(), n);
+                        grew = true;
+                    }
+                }
+            }
+            if assigned.len() == topics.len() {
+                next_meta = deadline;
+            }
+            if grew {
+                // Re-assign everything: known partitions continue from their position,
+                // new ones start at the beginning.
+                let pos = consumer.position().unwrap_or_default();
+                let mut tpl = TopicPartitionList::new();
+                for (t, n) in &assigned {
+                    for p in 0..*n {
+                        let off = pos
+                            .find_partition(t, p)
+                            .map(|e| e.offset())
+                            .filter(|o| matches!(o, Offset::Offset(_)))
+                            .unwrap_or(Offset::Beginning);
+                        tpl.add_partition_offset(t, p, off).unwrap();
+                    }
+                }
+                consumer.assign(&tpl).expect("assign");
+            }
+        }
+        match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
+                since_check = (since_check + 1) % 2000;
                 let mut headers = BTreeMap::new();
                 if let Some(h) = m.headers() {
                     for hdr in h.iter() {
@@ -563,9 +646,9 @@ pub fn consume(
             }
             Some(Err(e)) => {
                 // Unknown topic until the first record creates it: keep polling.
-                let _ = e;
+                eprintln!("consume: {e}");
             }
-            None => {}
+            None => since_check = 0,
         }
     }
     out

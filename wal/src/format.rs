@@ -36,8 +36,7 @@ pub const DEAD_LETTER_VERSION: u8 = 1;
 pub const MAX_TOPIC_LEN: usize = u16::MAX as usize;
 
 pub(crate) const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records_v1");
-pub(crate) const DEAD_LETTER: TableDefinition<u64, &[u8]> =
-    TableDefinition::new("dead_letter_v1");
+pub(crate) const DEAD_LETTER: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letter_v1");
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta_v1");
 
 pub(crate) const META_FORMAT_VERSION: &str = "format_version";
@@ -160,7 +159,10 @@ pub(crate) fn encode_record(buf: &mut Vec<u8>, r: &RecordRef<'_>) -> Result<(), 
 /// Decode a record value; the error says what is wrong with it.
 pub fn decode_record(raw: &[u8]) -> Result<RecordRef<'_>, String> {
     if raw.len() < HEADER_LEN {
-        return Err(format!("record of {} bytes is shorter than its header", raw.len()));
+        return Err(format!(
+            "record of {} bytes is shorter than its header",
+            raw.len()
+        ));
     }
     if raw[0] != RECORD_VERSION {
         return Err(format!("unknown record version {}", raw[0]));
@@ -173,8 +175,8 @@ pub fn decode_record(raw: &[u8]) -> Result<RecordRef<'_>, String> {
     if rest.len() < topic_len {
         return Err(format!("topic length {topic_len} runs past the record"));
     }
-    let topic = std::str::from_utf8(&rest[..topic_len])
-        .map_err(|e| format!("topic is not UTF-8: {e}"))?;
+    let topic =
+        std::str::from_utf8(&rest[..topic_len]).map_err(|e| format!("topic is not UTF-8: {e}"))?;
     Ok(RecordRef {
         topic,
         payload: &rest[topic_len..],

@@ -465,8 +465,7 @@ fn init_and_load(db: &Database, path: &Path) -> Result<WalStats, OpenError> {
     let txn = db.begin_write().map_err(|e| storage(e.into()))?;
     let stats = {
         let records = txn.open_table(RECORDS).map_err(|e| storage(e.into()))?;
-        txn.open_table(DEAD_LETTER)
-            .map_err(|e| storage(e.into()))?;
+        txn.open_table(DEAD_LETTER).map_err(|e| storage(e.into()))?;
         let mut meta = txn.open_table(META).map_err(|e| storage(e.into()))?;
         let version = meta
             .get(format::META_FORMAT_VERSION)

@@ -27,7 +27,10 @@ fn append_read_ack_and_stats() {
         .unwrap();
     assert_eq!(first, Some(1));
     let s = wal.stats();
-    assert_eq!((s.records, s.oldest_seq, s.newest_seq, s.next_seq), (3, Some(1), Some(3), 4));
+    assert_eq!(
+        (s.records, s.oldest_seq, s.newest_seq, s.next_seq),
+        (3, Some(1), Some(3), 4)
+    );
     assert_eq!(s.oldest_receive_time_ms, Some(1_000));
 
     let got = wal.read_from(2, 10, usize::MAX).unwrap();
@@ -36,11 +39,17 @@ fn append_read_ack_and_stats() {
 
     assert_eq!(wal.ack_up_to(2, Durability::Immediate).unwrap(), 2);
     let s = wal.stats();
-    assert_eq!((s.records, s.oldest_seq, s.newest_seq), (1, Some(3), Some(3)));
+    assert_eq!(
+        (s.records, s.oldest_seq, s.newest_seq),
+        (1, Some(3), Some(3))
+    );
 
     assert!(matches!(
         wal.ack_up_to(4, Durability::Immediate),
-        Err(CommitError::AckBeyondEnd { ack: 4, next_seq: 4 })
+        Err(CommitError::AckBeyondEnd {
+            ack: 4,
+            next_seq: 4
+        })
     ));
 }
 
@@ -79,7 +88,8 @@ fn dead_letter_moves_record_atomically() {
     wal.append(&[rec("t", b"a"), rec("t", b"huge"), rec("t", b"c")])
         .unwrap();
     let mut b = WriteBatch::new();
-    b.dead_letter(2, "MessageSizeTooLarge").dead_letter(99, "gone");
+    b.dead_letter(2, "MessageSizeTooLarge")
+        .dead_letter(99, "gone");
     b.ack_up_to(3);
     let out = wal.commit(&b, Durability::Immediate).unwrap();
     assert_eq!(out.dead_lettered, 1);
@@ -114,10 +124,17 @@ fn garbage_file_is_reported_as_corrupted_and_kept() {
     let msg = err.to_string();
     assert!(msg.contains(&path.display().to_string()), "{msg}");
     assert!(
-        matches!(err, OpenError::Corrupted { .. } | OpenError::Storage { .. } | OpenError::Io { .. }),
+        matches!(
+            err,
+            OpenError::Corrupted { .. } | OpenError::Storage { .. } | OpenError::Io { .. }
+        ),
         "{err:?}"
     );
-    assert_eq!(std::fs::read(&path).unwrap().len(), 64 * 1024, "file untouched");
+    assert_eq!(
+        std::fs::read(&path).unwrap().len(),
+        64 * 1024,
+        "file untouched"
+    );
 }
 
 #[test]
