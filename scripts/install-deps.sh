@@ -65,13 +65,18 @@ apt_install() {
 
 # ---------------------------------------------------------------- packages
 missing=()
-for p in mosquitto mosquitto-clients kcat; do
+# Brokers and clients for the tests and the demo; C/C++ tool chain for the vendored
+# librdkafka, OpenSSL, curl and zlib builds of the rdkafka crate; curl for the demo.
+for p in mosquitto mosquitto-clients kcat cmake g++ make perl curl; do
     pkg_installed "$p" || missing+=("$p")
 done
 if [[ ${#missing[@]} -gt 0 ]]; then
     apt_install "${missing[@]}"
 else
-    say "mosquitto, mosquitto-clients, kcat: already installed"
+    say "mosquitto, mosquitto-clients, kcat, build tools: already installed"
+fi
+if ! command -v cargo >/dev/null 2>&1 && [[ ! -x $HOME/.cargo/bin/cargo ]]; then
+    die "Rust is not installed: install it with rustup (https://rustup.rs), then re-run"
 fi
 
 # ------------------------------------------- mosquitto system service off
