@@ -156,19 +156,19 @@ pub fn run(
         } else {
             Durability::Immediate
         };
-        if !commit_with_retry(&wal, &batch, durability, &shared, &abort, &rt) {
+        let Some(outcome) = commit_with_retry(&wal, &batch, durability, &shared, &abort, &rt)
+        else {
             tracing::warn!(
                 pending = appends.len(),
                 "shutting down with an uncommitted batch; it was never acknowledged, so the broker keeps it"
             );
             return;
-        }
+        };
         let c = &shared.counters;
         c.wal_commits.fetch_add(1, Relaxed);
-        if !dead.is_empty() {
-            c.kafka_records_dead_lettered
-                .fetch_add(dead.len() as u64, Relaxed);
-        }
+        // Count what moved (a record asked twice after a producer rebuild moves once).
+        c.kafka_records_dead_lettered
+            .fetch_add(outcome.dead_lettered, Relaxed);
         unsynced = matches!(durability, Durability::None);
         if !appends.is_empty() {
             durable_count += appends.len() as u64;
@@ -219,8 +219,8 @@ fn sync_unsynced(wal: &Wal, shared: &Shared, unsynced: &mut bool) {
 }
 
 /// Commit `batch`, retrying with backoff (and reopening the database, which redb
-/// requires after a failed commit) until it succeeds. Returns false only when `abort`
-/// was cancelled first.
+/// requires after a failed commit) until it succeeds. Returns `None` only when
+/// `abort` was cancelled first.
 fn commit_with_retry(
     wal: &Wal,
     batch: &WriteBatch<'_>,
@@ -228,7 +228,7 @@ fn commit_with_retry(
     shared: &Shared,
     abort: &CancellationToken,
     rt: &tokio::runtime::Runtime,
-) -> bool {
+) -> Option<wal::CommitOutcome> {
     let mut delay = Duration::from_millis(50);
     let mut failing = false;
     loop {
@@ -237,14 +237,14 @@ fn commit_with_retry(
             _ => Durability::Immediate,
         };
         match wal.commit(batch, d) {
-            Ok(_) => {
+            Ok(outcome) => {
                 if failing {
                     tracing::info!("WAL commits succeed again; accepting MQTT messages");
                     shared.wal_writable.store(true, Relaxed);
                     shared.mqtt_accepting.store(true, Relaxed);
                     state::set(&shared.wal_last_error, None);
                 }
-                return true;
+                return Some(outcome);
             }
             Err(CommitError::AckBeyondEnd { ack, next_seq }) => {
                 // A bug upstream; never delete what was not assigned. Drop the ack only.
@@ -254,7 +254,7 @@ fn commit_with_retry(
                     "forwarder acknowledged an unassigned sequence; ignoring that ack"
                 );
                 debug_assert!(false, "ack beyond end");
-                return true;
+                return Some(wal::CommitOutcome::default());
             }
             Err(e) => {
                 shared.counters.wal_commit_errors.fetch_add(1, Relaxed);
@@ -277,7 +277,7 @@ fn commit_with_retry(
                     }
                 });
                 if cancelled {
-                    return false;
+                    return None;
                 }
                 delay = (delay * 2).min(Duration::from_secs(5));
                 if let Err(e) = wal.reopen() {
