@@ -273,6 +273,8 @@ async fn acker(
             return; // WAL thread gone: never ack what is not durable.
         }
         if item.connection == connection.load(Relaxed) {
+            #[cfg(feature = "failpoints")]
+            crate::failpoint("ingest-after-commit-before-ack");
             let mut p = rumqttc::Publish::new("", item.qos, Vec::<u8>::new());
             p.pkid = item.pkid;
             if client.ack(&p).await.is_err() {

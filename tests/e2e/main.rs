@@ -103,6 +103,10 @@ fn main() {
             "faults::corrupted_wal_exit_3_file_kept",
             faults::corrupted_wal_exit_3_file_kept,
         ),
+        (
+            "faults::failpoint_crashes_lose_nothing",
+            faults::failpoint_crashes_lose_nothing,
+        ),
     ];
     let trials = tests
         .into_iter()

@@ -286,6 +286,7 @@ pub struct Gateway {
     pub admin: SocketAddr,
     config: PathBuf,
     runs: u32,
+    env: Vec<(String, String)>,
 }
 
 impl Gateway {
@@ -305,8 +306,35 @@ impl Gateway {
             admin,
             config: path,
             runs: 0,
+            env: Vec::new(),
         };
         g.restart();
+        g
+    }
+
+    /// Like [`Gateway::start`] with extra environment variables for the first run
+    /// (e.g. `MKG_FAILPOINT`); later restarts run without them.
+    pub fn start_with_env(bin: &Path, dir: &Path, config: &str, env: &[(&str, &str)]) -> Self {
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let text = config
+            .replace("{admin}", &admin.to_string())
+            .replace("{wal}", dir.join("wal").to_str().unwrap());
+        let path = dir.join("gateway.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut g = Self {
+            child: None,
+            bin: bin.to_path_buf(),
+            dir: dir.to_path_buf(),
+            admin,
+            config: path,
+            runs: 0,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        g.restart();
+        g.env.clear();
         g
     }
 
@@ -323,6 +351,7 @@ impl Gateway {
                 "RUST_LOG",
                 std::env::var("MKG_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

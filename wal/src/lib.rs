@@ -443,8 +443,15 @@ impl Wal {
 #[cfg(feature = "failpoints")]
 fn failpoint(name: &str) {
     if std::env::var("MKG_FAILPOINT").is_ok_and(|v| v == name) {
-        eprintln!("failpoint {name}: aborting");
-        std::process::abort();
+        static HITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let skip: u64 = std::env::var("MKG_FAILPOINT_SKIP")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        if HITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= skip {
+            eprintln!("failpoint {name}: aborting");
+            std::process::abort();
+        }
     }
 }
 
