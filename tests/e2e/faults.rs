@@ -279,3 +279,92 @@ pub fn failpoint_crashes_lose_nothing() -> Result<(), Failed> {
     }
     Ok(())
 }
+
+/// Kafka killed (SIGKILL) while traffic continues, then started again; and Kafka
+/// frozen with SIGSTOP, then resumed. The gateway keeps acknowledging into the WAL and
+/// drains afterwards.
+pub fn kafka_killed_and_paused_mid_stream() -> Result<(), Failed> {
+    let own = Kafka::start();
+    let m = Mosquitto::start();
+    let dir = tempfile::tempdir()?;
+    let topic = unique("kk");
+    let cfg = config(m.port, &own.bootstrap(), "")
+        .replace("[kafka]\n", &format!("[kafka]\ntopic = \"{topic}\"\n"));
+    let mut gw = Gateway::start(bin(), dir.path(), &cfg);
+    gw.wait_ready();
+    let mut published = Vec::new();
+    let topics: Vec<String> = vec!["kk/a".into(), "kk/b".into()];
+    published.extend(publish(
+        m.port,
+        1,
+        &messages("k1", &topics, 2_000, 200),
+        Duration::from_secs(60),
+    ));
+
+    // Kill Kafka hard while publishing continues.
+    kill_kafka(&own, libc::SIGKILL);
+    published.extend(publish(
+        m.port,
+        1,
+        &messages("k2", &topics, 2_000, 200),
+        Duration::from_secs(60),
+    ));
+    let admin = gw.admin;
+    wait_until(
+        "backlog to build while Kafka is down",
+        Duration::from_secs(30),
+        || backlog(admin) >= 1,
+    );
+    own.start_again();
+
+    // Freeze it (SIGSTOP) while publishing continues, then thaw.
+    let pid = own.pid().ok_or_else(|| fail("no kafka pid"))?;
+    harness::kill(pid, libc::SIGSTOP);
+    published.extend(publish(
+        m.port,
+        1,
+        &messages("k3", &topics, 2_000, 200),
+        Duration::from_secs(60),
+    ));
+    wait_until(
+        "backlog to build while Kafka is frozen",
+        Duration::from_secs(30),
+        || backlog(admin) >= 2_000,
+    );
+    harness::kill(pid, libc::SIGCONT);
+
+    if published.len() != 6_000 {
+        return Err(fail(format!("broker acked {} of 6000", published.len())));
+    }
+    let consumed = consume(
+        &own.bootstrap(),
+        &[topic.as_str()],
+        Duration::from_secs(180),
+        |r| distinct_ids(r) >= 6_000,
+    );
+    let report = check(&published, &consumed);
+    eprintln!("{report}");
+    report.assert_clean();
+    wait_until("backlog to drain", Duration::from_secs(60), || {
+        backlog(admin) == 0
+    });
+    Ok(())
+}
+
+fn backlog(admin: std::net::SocketAddr) -> u64 {
+    harness::http_get(admin, "/backlog")
+        .ok()
+        .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["records"].as_u64())
+        .unwrap_or(0)
+}
+
+fn kill_kafka(k: &Kafka, sig: i32) {
+    if let Some(pid) = k.pid() {
+        harness::kill(pid, sig);
+        wait_until("kafka to die", Duration::from_secs(30), || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map_or(true, |s| s.contains(") Z "))
+        });
+    }
+}

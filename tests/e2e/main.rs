@@ -104,6 +104,10 @@ fn main() {
             faults::corrupted_wal_exit_3_file_kept,
         ),
         (
+            "faults::kafka_killed_and_paused_mid_stream",
+            faults::kafka_killed_and_paused_mid_stream,
+        ),
+        (
             "faults::failpoint_crashes_lose_nothing",
             faults::failpoint_crashes_lose_nothing,
         ),
