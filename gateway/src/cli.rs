@@ -40,6 +40,40 @@ enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// Inspect or repair the WAL (the gateway must not be running).
+    Wal {
+        #[command(subcommand)]
+        command: WalCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WalCommand {
+    /// Print WAL statistics as JSON.
+    Stats {
+        /// Configuration file (TOML); its `wal.dir` is used.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Rename a WAL file that cannot be opened to `wal.redb.damaged-<unix time>` (it
+    /// is never deleted), so the gateway starts with an empty WAL.
+    MoveAside {
+        /// Configuration file (TOML); its `wal.dir` is used.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Move it even if it opens fine.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write every record that can still be read, one JSON object per line, to stdout.
+    /// Works on a copy, so the file itself is never changed.
+    Dump {
+        /// A WAL file (`wal.redb`, or a moved-aside `wal.redb.damaged-*`).
+        file: PathBuf,
+        /// Also dump the dead-letter table.
+        #[arg(long)]
+        dead_letters: bool,
+    },
 }
 
 fn load(path: &Option<PathBuf>) -> Result<Loaded, String> {
@@ -78,6 +112,7 @@ pub fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::Wal { command } => crate::waltool::main(command_args(command)),
         Command::Run { config } => {
             let loaded = match load(&config) {
                 Ok(l) => l,
@@ -120,6 +155,17 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+fn command_args(c: WalCommand) -> crate::waltool::Command {
+    use crate::waltool::Command as W;
+    let dir =
+        |config: Option<PathBuf>| -> Result<PathBuf, String> { Ok(load(&config)?.config.wal.dir) };
+    match c {
+        WalCommand::Stats { config } => W::Stats(dir(config)),
+        WalCommand::MoveAside { config, force } => W::MoveAside(dir(config), force),
+        WalCommand::Dump { file, dead_letters } => W::Dump(file, dead_letters),
     }
 }
 

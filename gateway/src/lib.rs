@@ -19,6 +19,7 @@ pub mod route;
 pub mod run;
 pub mod state;
 pub mod tls;
+pub mod waltool;
 pub mod writer;
 
 /// Abort the process at a named point when the test-only `failpoints` feature is on

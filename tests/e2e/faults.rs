@@ -203,6 +203,64 @@ pub fn corrupted_wal_exit_3_file_kept() -> Result<(), Failed> {
     if std::fs::read(&file)?.len() != 100_000 {
         return Err(fail("the damaged file was modified"));
     }
+    // Told to, it moves the file aside (never deletes it) and then starts clean.
+    let cfg_path = dir.path().join("gateway.toml");
+    let cfg_arg = cfg_path.to_str().unwrap();
+    let (code, out) = harness::run_gateway_cmd(bin(), &["wal", "move-aside", "--config", cfg_arg]);
+    if code != Some(0) {
+        return Err(fail(format!("move-aside failed: {out}")));
+    }
+    let moved: Vec<_> = std::fs::read_dir(&wal_dir)?
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("wal.redb.damaged-")
+        })
+        .collect();
+    if moved.len() != 1 || std::fs::metadata(moved[0].path())?.len() != 100_000 || file.exists() {
+        return Err(fail("damaged file not moved aside intact"));
+    }
+    let (code, out) =
+        harness::run_gateway_cmd(bin(), &["wal", "dump", moved[0].path().to_str().unwrap()]);
+    if code == Some(0) || !out.contains("cannot be read") {
+        return Err(fail(format!(
+            "dump of garbage should report it cannot be read: {out}"
+        )));
+    }
+    let (code, out) = harness::run_gateway_cmd(bin(), &["wal", "stats", "--config", cfg_arg]);
+    if code != Some(0) || !out.contains("\"records\":0") {
+        return Err(fail(format!("fresh WAL stats: {code:?} {out}")));
+    }
+    Ok(())
+}
+
+/// `wal dump` prints what a (healthy or repairable) WAL holds without changing it.
+pub fn wal_dump_reads_backlog() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    {
+        let w = wal::Wal::open(dir.path(), wal::WalOptions::default())?;
+        w.append(&[wal::RecordRef {
+            topic: "d/1",
+            payload: &[0xde, 0xad],
+            qos: 1,
+            retain: true,
+            dup: false,
+            receive_time_ms: 7,
+        }])?;
+    }
+    let file = dir.path().join("wal.redb");
+    let before = std::fs::read(&file)?;
+    let (code, out) = harness::run_gateway_cmd(bin(), &["wal", "dump", file.to_str().unwrap()]);
+    if code != Some(0)
+        || !out.contains("\"payload_hex\":\"dead\"")
+        || !out.contains("\"topic\":\"d/1\"")
+    {
+        return Err(fail(format!("dump: {code:?} {out}")));
+    }
+    if std::fs::read(&file)? != before {
+        return Err(fail("dump changed the file"));
+    }
     Ok(())
 }
 

@@ -104,6 +104,10 @@ fn main() {
             faults::corrupted_wal_exit_3_file_kept,
         ),
         (
+            "faults::wal_dump_reads_backlog",
+            faults::wal_dump_reads_backlog,
+        ),
+        (
             "faults::kafka_killed_and_paused_mid_stream",
             faults::kafka_killed_and_paused_mid_stream,
         ),
