@@ -87,27 +87,43 @@ pub fn run(
     let mut unsynced = false;
     let mut closed = false;
 
+    // Appends received while commits were failing: the head of the next batch.
+    let mut held: Vec<Pending> = Vec::new();
+
     while !closed {
-        // 1. Block for the first command (or idle-sync after a while).
-        let first = rt.block_on(async {
-            if unsynced {
-                tokio::time::timeout(opts.idle_sync, rx.recv()).await
-            } else {
-                Ok(rx.recv().await)
-            }
-        });
         let mut bytes = 0usize;
-        match first {
-            Err(_) => {
-                sync_unsynced(&wal, &shared, &mut unsynced);
-                continue;
+        if held.is_empty() {
+            // 1. Block for the first command (or idle-sync after a while).
+            let first = rt.block_on(async {
+                if unsynced {
+                    tokio::time::timeout(opts.idle_sync, rx.recv()).await
+                } else {
+                    Ok(rx.recv().await)
+                }
+            });
+            match first {
+                Err(_) => {
+                    sync_unsynced(&wal, &shared, &mut unsynced);
+                    continue;
+                }
+                Ok(None) => break,
+                Ok(Some(cmd)) => take(cmd, &mut appends, &mut dead, &mut ack, &mut bytes),
             }
-            Ok(None) => break,
-            Ok(Some(cmd)) => take(cmd, &mut appends, &mut dead, &mut ack, &mut bytes),
+        } else {
+            let mut n = 0;
+            for p in held.iter() {
+                if n >= opts.max_batch_records || bytes >= opts.max_batch_bytes {
+                    break;
+                }
+                bytes += p.payload.len() + p.topic.len();
+                n += 1;
+            }
+            appends.extend(held.drain(..n));
         }
         // 2. Drain what is already queued, up to the bounds; linger if configured.
+        // (Not while older held appends wait: they must be committed first.)
         let deadline = Instant::now() + opts.linger;
-        loop {
+        while held.is_empty() {
             if appends.len() >= opts.max_batch_records || bytes >= opts.max_batch_bytes {
                 break;
             }
@@ -134,29 +150,17 @@ pub fn run(
             }
         }
         // 3. Commit, retrying until it succeeds: nothing is acknowledged before.
-        let mut batch = WriteBatch::new();
-        for p in &appends {
-            batch.append(RecordRef {
-                topic: &p.topic,
-                payload: &p.payload,
-                qos: p.qos,
-                retain: p.retain,
-                dup: p.dup,
-                receive_time_ms: p.receive_time_ms,
-            });
-        }
-        for (seq, reason) in &dead {
-            batch.dead_letter(*seq, reason.clone());
-        }
-        if let Some(a) = ack {
-            batch.ack_up_to(a);
-        }
-        let durability = if appends.is_empty() && dead.is_empty() {
-            Durability::None
-        } else {
-            Durability::Immediate
+        let mut ctx = Retry {
+            wal: &wal,
+            shared: &shared,
+            abort: &abort,
+            rt: &rt,
+            rx: &mut rx,
+            held: &mut held,
+            closed: &mut closed,
         };
-        let Some(outcome) = commit_with_retry(&wal, &batch, durability, &shared, &abort, &rt)
+        let Some((outcome, durability, committed)) =
+            ctx.commit_until_ok(&appends, &mut dead, &mut ack)
         else {
             tracing::warn!(
                 pending = appends.len(),
@@ -170,6 +174,11 @@ pub fn run(
         c.kafka_records_dead_lettered
             .fetch_add(outcome.dead_lettered, Relaxed);
         unsynced = matches!(durability, Durability::None);
+        if committed < appends.len() {
+            // Only a prefix fitted (disk nearly full): the rest heads the next batch.
+            let rest: Vec<Pending> = appends.drain(committed..).collect();
+            held.splice(0..0, rest);
+        }
         if !appends.is_empty() {
             durable_count += appends.len() as u64;
             c.wal_records_committed
@@ -178,13 +187,185 @@ pub fn run(
             durable.send_replace(durable_count);
             on_append();
         }
-        drop(batch);
         appends.clear();
         dead.clear();
         ack = None;
     }
     sync_unsynced(&wal, &shared, &mut unsynced);
     tracing::debug!("WAL thread stopped");
+}
+
+/// Most appends held in memory while commits fail (beyond it the channel fills and
+/// ingest waits; Mosquitto keeps the rest).
+const HOLD_LIMIT: usize = 65_536;
+
+fn build<'a>(appends: &'a [Pending], dead: &[(u64, String)], ack: Option<u64>) -> WriteBatch<'a> {
+    let mut batch = WriteBatch::new();
+    for p in appends {
+        batch.append(RecordRef {
+            topic: &p.topic,
+            payload: &p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            dup: p.dup,
+            receive_time_ms: p.receive_time_ms,
+        });
+    }
+    for (seq, reason) in dead {
+        batch.dead_letter(*seq, reason.clone());
+    }
+    if let Some(a) = ack {
+        batch.ack_up_to(a);
+    }
+    batch
+}
+
+struct Retry<'a> {
+    wal: &'a Wal,
+    shared: &'a Shared,
+    abort: &'a CancellationToken,
+    rt: &'a tokio::runtime::Runtime,
+    rx: &'a mut mpsc::Receiver<WalCmd>,
+    held: &'a mut Vec<Pending>,
+    closed: &'a mut bool,
+}
+
+impl Retry<'_> {
+    /// Commit the batch, retrying with backoff (and reopening the database, which redb
+    /// requires after a failed commit) until it succeeds. While it fails (disk full,
+    /// I/O errors), nothing is acknowledged to MQTT, but acknowledged-prefix deletes
+    /// that arrive are committed on their own: that frees space. Returns `None` only
+    /// when `abort` was cancelled first.
+    fn commit_until_ok(
+        &mut self,
+        appends: &[Pending],
+        dead: &mut Vec<(u64, String)>,
+        ack: &mut Option<u64>,
+    ) -> Option<(wal::CommitOutcome, Durability, usize)> {
+        let mut delay = Duration::from_millis(50);
+        let mut failing = false;
+        // On a full disk, try ever smaller prefixes of the batch: a big batch may not
+        // fit where a small one does.
+        let mut limit = appends.len();
+        loop {
+            let appends = &appends[..limit];
+            let durability = if appends.is_empty() && dead.is_empty() {
+                Durability::None
+            } else {
+                Durability::Immediate
+            };
+            let result = self
+                .wal
+                .commit(&build(appends, dead, *ack), clone_durability(&durability));
+            match result {
+                Ok(outcome) => {
+                    if failing {
+                        tracing::info!("WAL commits succeed again; acknowledging MQTT messages");
+                        self.shared.wal_writable.store(true, Relaxed);
+                        self.shared.mqtt_accepting.store(true, Relaxed);
+                        state::set(&self.shared.wal_last_error, None);
+                    }
+                    return Some((outcome, durability, limit));
+                }
+                Err(CommitError::AckBeyondEnd { ack: a, next_seq }) => {
+                    // A bug upstream; never delete what was not assigned. Drop the ack.
+                    tracing::error!(
+                        ack = a,
+                        next_seq,
+                        "acknowledged an unassigned sequence; ignoring that ack"
+                    );
+                    *ack = None;
+                }
+                Err(e) => {
+                    self.shared.counters.wal_commit_errors.fetch_add(1, Relaxed);
+                    let why = if e.is_disk_full() {
+                        limit = (limit / 2).max(1).min(appends.len());
+                        format!("disk full: {e}")
+                    } else {
+                        e.to_string()
+                    };
+                    if !failing {
+                        tracing::error!(error = %why, "WAL commit failed; MQTT messages are not acknowledged until it succeeds");
+                        failing = true;
+                    }
+                    self.shared.wal_writable.store(false, Relaxed);
+                    self.shared.mqtt_accepting.store(false, Relaxed);
+                    state::set(&self.shared.wal_last_error, Some(why));
+                    let cancelled = self.rt.block_on(async {
+                        tokio::select! {
+                            _ = self.abort.cancelled() => true,
+                            _ = tokio::time::sleep(delay) => false,
+                        }
+                    });
+                    if cancelled {
+                        return None;
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    if let Err(e) = self.wal.reopen() {
+                        tracing::warn!(error = %e, "reopening the WAL failed; retrying");
+                        continue;
+                    }
+                    self.take_queued(dead, ack);
+                    self.commit_deletes_alone(appends, dead, ack);
+                }
+            }
+        }
+    }
+
+    /// Take queued commands: deletes join this batch, appends wait in `held`.
+    fn take_queued(&mut self, dead: &mut Vec<(u64, String)>, ack: &mut Option<u64>) {
+        let mut ignored = 0usize;
+        while self.held.len() < HOLD_LIMIT {
+            match self.rx.try_recv() {
+                Ok(cmd) => take(cmd, self.held, dead, ack, &mut ignored),
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    *self.closed = true;
+                    break;
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+            }
+        }
+    }
+
+    /// Commit pending deletes without the appends: it needs little space and frees some.
+    fn commit_deletes_alone(
+        &mut self,
+        appends: &[Pending],
+        dead: &mut Vec<(u64, String)>,
+        ack: &mut Option<u64>,
+    ) {
+        if appends.is_empty() || (ack.is_none() && dead.is_empty()) {
+            return;
+        }
+        match self
+            .wal
+            .commit(&build(&[], dead, *ack), Durability::Immediate)
+        {
+            Ok(o) => {
+                let c = &self.shared.counters;
+                c.wal_commits.fetch_add(1, Relaxed);
+                c.kafka_records_dead_lettered
+                    .fetch_add(o.dead_lettered, Relaxed);
+                tracing::info!(
+                    deleted = o.acked,
+                    "deleted records Kafka acknowledged to free WAL space"
+                );
+                *ack = None;
+                dead.clear();
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "commit of deletes alone failed too");
+                let _ = self.wal.reopen();
+            }
+        }
+    }
+}
+
+fn clone_durability(d: &Durability) -> Durability {
+    match d {
+        Durability::None => Durability::None,
+        _ => Durability::Immediate,
+    }
 }
 
 fn take(
@@ -214,76 +395,6 @@ fn sync_unsynced(wal: &Wal, shared: &Shared, unsynced: &mut bool) {
             // Only deletes are at stake: they are redone (records resent) if lost.
             tracing::warn!(error = %e, "WAL idle sync failed");
             state::set(&shared.wal_last_error, Some(e.to_string()));
-        }
-    }
-}
-
-/// Commit `batch`, retrying with backoff (and reopening the database, which redb
-/// requires after a failed commit) until it succeeds. Returns `None` only when
-/// `abort` was cancelled first.
-fn commit_with_retry(
-    wal: &Wal,
-    batch: &WriteBatch<'_>,
-    durability: Durability,
-    shared: &Shared,
-    abort: &CancellationToken,
-    rt: &tokio::runtime::Runtime,
-) -> Option<wal::CommitOutcome> {
-    let mut delay = Duration::from_millis(50);
-    let mut failing = false;
-    loop {
-        let d = match durability {
-            Durability::None => Durability::None,
-            _ => Durability::Immediate,
-        };
-        match wal.commit(batch, d) {
-            Ok(outcome) => {
-                if failing {
-                    tracing::info!("WAL commits succeed again; accepting MQTT messages");
-                    shared.wal_writable.store(true, Relaxed);
-                    shared.mqtt_accepting.store(true, Relaxed);
-                    state::set(&shared.wal_last_error, None);
-                }
-                return Some(outcome);
-            }
-            Err(CommitError::AckBeyondEnd { ack, next_seq }) => {
-                // A bug upstream; never delete what was not assigned. Drop the ack only.
-                tracing::error!(
-                    ack,
-                    next_seq,
-                    "forwarder acknowledged an unassigned sequence; ignoring that ack"
-                );
-                debug_assert!(false, "ack beyond end");
-                return Some(wal::CommitOutcome::default());
-            }
-            Err(e) => {
-                shared.counters.wal_commit_errors.fetch_add(1, Relaxed);
-                let why = if e.is_disk_full() {
-                    format!("disk full: {e}")
-                } else {
-                    e.to_string()
-                };
-                if !failing {
-                    tracing::error!(error = %why, "WAL commit failed; MQTT messages are not acknowledged until it succeeds");
-                    failing = true;
-                }
-                shared.wal_writable.store(false, Relaxed);
-                shared.mqtt_accepting.store(false, Relaxed);
-                state::set(&shared.wal_last_error, Some(why));
-                let cancelled = rt.block_on(async {
-                    tokio::select! {
-                        _ = abort.cancelled() => true,
-                        _ = tokio::time::sleep(delay) => false,
-                    }
-                });
-                if cancelled {
-                    return None;
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-                if let Err(e) = wal.reopen() {
-                    tracing::warn!(error = %e, "reopening the WAL failed; retrying");
-                }
-            }
         }
     }
 }

@@ -426,3 +426,103 @@ fn kill_kafka(k: &Kafka, sig: i32) {
         });
     }
 }
+
+struct TmpfsMount(std::path::PathBuf);
+
+impl TmpfsMount {
+    fn new(path: &std::path::Path, size: &str) -> Result<Self, Failed> {
+        std::fs::create_dir_all(path)?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .output()?;
+        if !out.status.success() {
+            return Err(fail(format!(
+                "cannot mount a tmpfs (needs root): {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(Self(path.to_path_buf()))
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Disk full under the WAL (a small tmpfs) while Kafka is down: the gateway stops
+/// acknowledging MQTT (Mosquitto keeps the messages), says so on /readyz and
+/// /metrics, does not crash, and resumes by itself once forwarding frees space.
+pub fn disk_full_stops_acking_then_resumes() -> Result<(), Failed> {
+    let own = Kafka::not_started();
+    let m = Mosquitto::start();
+    let dir = tempfile::tempdir()?;
+    let _mount = TmpfsMount::new(&dir.path().join("wal"), "6m")?;
+    let topic = unique("full");
+    let cfg = config(m.port, &own.bootstrap(), "")
+        .replace("[kafka]\n", &format!("[kafka]\ntopic = \"{topic}\"\n"));
+    let mut gw = Gateway::start(bin(), dir.path(), &cfg);
+    gw.wait_ready();
+    let msgs = messages("full", &["f/1".into(), "f/2".into()], 12_000, 1000);
+    // Mosquitto acknowledges publishers whatever the gateway does.
+    let published = publish(m.port, 1, &msgs, Duration::from_secs(120));
+    if published.len() != msgs.len() {
+        return Err(fail(format!(
+            "broker acked {} of {}",
+            published.len(),
+            msgs.len()
+        )));
+    }
+    let admin = gw.admin;
+    wait_until(
+        "/readyz to report the WAL not writable",
+        Duration::from_secs(60),
+        || {
+            harness::http_get(admin, "/readyz")
+                .is_ok_and(|(s, b)| s == 503 && b.contains("wal not writable"))
+        },
+    );
+    let (_, metrics) = harness::http_get(admin, "/metrics")?;
+    if !metrics.contains("mkg_wal_writable 0")
+        || metrics.contains("mkg_wal_commit_errors_total 0\n")
+    {
+        return Err(fail(format!(
+            "metrics do not show the condition:\n{metrics}"
+        )));
+    }
+    if let Some(status) = gw.try_wait() {
+        return Err(fail(format!(
+            "gateway exited on disk full: {status}\n{}",
+            gw.log()
+        )));
+    }
+    let acked_while_full = gw.json("/status")["counters"]["mqtt_messages_acked"]
+        .as_u64()
+        .unwrap_or(0);
+    if acked_while_full >= 12_000 {
+        return Err(fail(
+            "everything was acknowledged although the disk is full",
+        ));
+    }
+    // Kafka comes back: forwarding frees space, commits resume, everything arrives.
+    own.start_again();
+    let consumed = consume(
+        &own.bootstrap(),
+        &[topic.as_str()],
+        Duration::from_secs(240),
+        |r| distinct_ids(r) >= 12_000,
+    );
+    let report = check(&published, &consumed);
+    eprintln!("{report}; acknowledged before space freed: {acked_while_full}");
+    if !report.lost.is_empty() {
+        eprintln!("status: {}\n{}", gw.json("/status"), gw.log());
+    }
+    report.assert_clean();
+    wait_until("/readyz ready again", Duration::from_secs(60), || {
+        harness::http_get(admin, "/readyz").is_ok_and(|(s, _)| s == 200)
+    });
+    gw.sigkill();
+    Ok(())
+}

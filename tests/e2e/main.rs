@@ -64,57 +64,29 @@ fn messages(publisher: &str, topics: &[String], n: u64, size: usize) -> Vec<(Str
 
 type TestFn = fn() -> Result<(), Failed>;
 
+/// `module::function` list -> (name, fn) pairs.
+macro_rules! trials {
+    ($($m:ident :: $f:ident),* $(,)?) => {
+        vec![$((concat!(stringify!($m), "::", stringify!($f)), $m::$f as TestFn)),*]
+    };
+}
+
 fn main() {
     let args = Arguments::from_args();
-    let tests: Vec<(&str, TestFn)> = vec![
-        (
-            "config_errors::bad_files_exit_2_naming_the_key",
-            config_errors::bad_files_exit_2_naming_the_key,
-        ),
-        (
-            "config_errors::check_config_accepts_example",
-            config_errors::check_config_accepts_example,
-        ),
-        (
-            "basic::ten_thousand_qos1_messages_mapped_keyed_ordered",
-            basic::ten_thousand_qos1_messages_mapped_keyed_ordered,
-        ),
-        (
-            "basic::qos0_qos2_binary_and_empty_payloads",
-            basic::qos0_qos2_binary_and_empty_payloads,
-        ),
-        (
-            "basic::admin_backlog_and_metrics",
-            basic::admin_backlog_and_metrics,
-        ),
-        (
-            "faults::kafka_down_at_start_backlog_then_drains",
-            faults::kafka_down_at_start_backlog_then_drains,
-        ),
-        (
-            "faults::sigkill_mid_stream_loses_nothing",
-            faults::sigkill_mid_stream_loses_nothing,
-        ),
-        (
-            "faults::sigterm_drains_and_exits_0",
-            faults::sigterm_drains_and_exits_0,
-        ),
-        (
-            "faults::corrupted_wal_exit_3_file_kept",
-            faults::corrupted_wal_exit_3_file_kept,
-        ),
-        (
-            "faults::wal_dump_reads_backlog",
-            faults::wal_dump_reads_backlog,
-        ),
-        (
-            "faults::kafka_killed_and_paused_mid_stream",
-            faults::kafka_killed_and_paused_mid_stream,
-        ),
-        (
-            "faults::failpoint_crashes_lose_nothing",
-            faults::failpoint_crashes_lose_nothing,
-        ),
+    let tests: Vec<(&str, TestFn)> = trials![
+        config_errors::bad_files_exit_2_naming_the_key,
+        config_errors::check_config_accepts_example,
+        basic::ten_thousand_qos1_messages_mapped_keyed_ordered,
+        basic::qos0_qos2_binary_and_empty_payloads,
+        basic::admin_backlog_and_metrics,
+        faults::kafka_down_at_start_backlog_then_drains,
+        faults::sigkill_mid_stream_loses_nothing,
+        faults::sigterm_drains_and_exits_0,
+        faults::corrupted_wal_exit_3_file_kept,
+        faults::wal_dump_reads_backlog,
+        faults::disk_full_stops_acking_then_resumes,
+        faults::kafka_killed_and_paused_mid_stream,
+        faults::failpoint_crashes_lose_nothing,
     ];
     let trials = tests
         .into_iter()
