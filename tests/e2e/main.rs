@@ -85,6 +85,7 @@ fn main() {
         faults::corrupted_wal_exit_3_file_kept,
         faults::wal_dump_reads_backlog,
         faults::disk_full_stops_acking_then_resumes,
+        faults::oversized_record_is_parked_rest_flows,
         faults::kafka_killed_and_paused_mid_stream,
         faults::failpoint_crashes_lose_nothing,
     ];
