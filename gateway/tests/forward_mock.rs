@@ -206,3 +206,22 @@ fn kafka_down_then_up_delivers_backlog() {
     assert_eq!(rig.wal.stats().dead_letters, 0);
     rig.stop();
 }
+
+#[test]
+fn fatal_idempotence_error_rebuilds_producer_and_replays() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("mock", 1, 1).unwrap();
+    // An out-of-order sequence on an idempotent producer is fatal in librdkafka.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
+    );
+    let rig = Rig::start(&cluster.bootstrap_servers(), 2000);
+    rig.wait_all_resolved(2000, Duration::from_secs(60));
+    assert_eq!(rig.wal.stats().dead_letters, 0);
+    assert!(
+        rig.shared.counters.kafka_producer_rebuilds.load(Relaxed) >= 1,
+        "expected a producer rebuild"
+    );
+    rig.stop();
+}
