@@ -600,3 +600,75 @@ pub fn oversized_record_is_parked_rest_flows() -> Result<(), Failed> {
     }
     Ok(())
 }
+
+/// Kafka frozen (SIGSTOP) for longer than every client timeout of the producer (set
+/// low here so the run stays short: 3 s socket and request timeouts, 12 s pause).
+pub fn kafka_paused_longer_than_client_timeouts() -> Result<(), Failed> {
+    let own = Kafka::start();
+    let m = Mosquitto::start();
+    let dir = tempfile::tempdir()?;
+    let topic = unique("pause");
+    let cfg = config(m.port, &own.bootstrap(), "").replace(
+        "[kafka]\n",
+        &format!(
+            "[kafka]\ntopic = \"{topic}\"\nproperties = {{ \"socket.timeout.ms\" = 3000, \"request.timeout.ms\" = 3000, \"socket.connection.setup.timeout.ms\" = 3000 }}\n"
+        ),
+    );
+    let mut gw = Gateway::start(bin(), dir.path(), &cfg);
+    gw.wait_ready();
+    let topics: Vec<String> = vec!["p/a".into(), "p/b".into()];
+    let mut published = publish(
+        m.port,
+        1,
+        &messages("p1", &topics, 1_000, 200),
+        Duration::from_secs(60),
+    );
+    let admin = gw.admin;
+    wait_until("first part delivered", Duration::from_secs(60), || {
+        backlog(admin) == 0
+    });
+    let pid = own.pid().ok_or_else(|| fail("no kafka pid"))?;
+    harness::kill(pid, libc::SIGSTOP);
+    let paused = std::time::Instant::now();
+    published.extend(publish(
+        m.port,
+        1,
+        &messages("p2", &topics, 3_000, 200),
+        Duration::from_secs(60),
+    ));
+    // Stay frozen well past the 3 s timeouts; wait on the gateway's view meanwhile.
+    wait_until(
+        "backlog while Kafka is frozen",
+        Duration::from_secs(60),
+        || backlog(admin) >= 3_000,
+    );
+    wait_until("12 s of pause", Duration::from_secs(30), || {
+        paused.elapsed() >= Duration::from_secs(12)
+    });
+    harness::kill(pid, libc::SIGCONT);
+    published.extend(publish(
+        m.port,
+        1,
+        &messages("p3", &topics, 1_000, 200),
+        Duration::from_secs(60),
+    ));
+    if published.len() != 5_000 {
+        return Err(fail(format!("broker acked {} of 5000", published.len())));
+    }
+    let consumed = consume(
+        &own.bootstrap(),
+        &[topic.as_str()],
+        Duration::from_secs(120),
+        |r| distinct_ids(r) >= 5_000,
+    );
+    let report = check(&published, &consumed);
+    eprintln!(
+        "{report}; producer rebuilds: {}",
+        gw.json("/status")["counters"]["kafka_producer_rebuilds"]
+    );
+    report.assert_clean();
+    wait_until("backlog to drain", Duration::from_secs(60), || {
+        backlog(admin) == 0
+    });
+    Ok(())
+}
