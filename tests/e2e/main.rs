@@ -87,6 +87,7 @@ fn main() {
         faults::disk_full_stops_acking_then_resumes,
         faults::oversized_record_is_parked_rest_flows,
         faults::kafka_paused_longer_than_client_timeouts,
+        faults::crash_during_recovery_loses_nothing,
         faults::kafka_killed_and_paused_mid_stream,
         faults::failpoint_crashes_lose_nothing,
     ];

@@ -458,6 +458,9 @@ fn failpoint(name: &str) {
 fn open_database(path: &Path, options: &WalOptions) -> Result<Database, OpenError> {
     let mut builder = redb::Builder::new();
     builder.set_cache_size(options.cache_size);
+    // Crash tests abort in the middle of the repair that follows an unclean stop.
+    #[cfg(feature = "failpoints")]
+    builder.set_repair_callback(|_| failpoint("wal-during-repair"));
     builder
         .create(path)
         .map_err(|e| OpenError::from_database(path, e))
