@@ -731,3 +731,15 @@ pub fn crash_during_recovery_loses_nothing() -> Result<(), Failed> {
     report.assert_clean();
     Ok(())
 }
+
+/// A bounded soak (40 s of random faults) as CI's version of `scripts/soak.sh`.
+pub fn bounded_soak_loses_nothing() -> Result<(), Failed> {
+    let seed = 20261126;
+    let r = harness::soak::run(bin(), Duration::from_secs(40), seed);
+    eprintln!("{r}\nseed: {seed}");
+    if r.faults.is_empty() || r.report.published == 0 {
+        return Err(fail("soak injected no fault or published nothing"));
+    }
+    r.report.assert_clean();
+    Ok(())
+}

@@ -13,6 +13,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 mod basic;
 mod config_errors;
 mod faults;
+mod mosquitto_restart;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gateway-under-test");
 
@@ -88,8 +89,11 @@ fn main() {
         faults::oversized_record_is_parked_rest_flows,
         faults::kafka_paused_longer_than_client_timeouts,
         faults::crash_during_recovery_loses_nothing,
+        faults::bounded_soak_loses_nothing,
         faults::kafka_killed_and_paused_mid_stream,
         faults::failpoint_crashes_lose_nothing,
+        mosquitto_restart::mosquitto_restarts_lose_nothing,
+        mosquitto_restart::zz_experiment_gateway_stopped,
     ];
     let trials = tests
         .into_iter()

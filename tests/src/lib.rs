@@ -16,6 +16,8 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub mod checker;
+pub mod publisher;
+pub mod soak;
 
 pub use checker::{check, Consumed, Published, Report};
 
@@ -681,6 +683,21 @@ pub fn consume(
         }
     }
     out
+}
+
+/// A `consume` stop condition: `n` distinct message ids seen (incremental, cheap).
+pub fn until_distinct(n: usize) -> impl FnMut(&[Consumed]) -> bool {
+    let mut seen: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
+    let mut upto = 0;
+    move |r| {
+        for c in &r[upto..] {
+            if let Some(id) = checker::message_id(&c.payload) {
+                seen.insert(id.to_vec());
+            }
+        }
+        upto = r.len();
+        seen.len() >= n
+    }
 }
 
 /// Count distinct (publisher, seq) ids among records.

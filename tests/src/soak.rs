@@ -1,0 +1,219 @@
+//! Soak: a random schedule of faults against real brokers while publishers keep
+//! sending, then the checker's report. Used by `scripts/soak.sh` (any duration) and
+//! by a bounded end-to-end test in CI.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::{
+    check, consume, payload, publish, unique, until_distinct, wait_until, Gateway, Kafka,
+    Mosquitto, Published, Report,
+};
+
+/// Faults the soak injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// SIGKILL the gateway, restart it.
+    KillGateway,
+    /// SIGTERM the gateway (graceful), restart it.
+    TermGateway,
+    /// SIGKILL Kafka, restart it after a while.
+    KillKafka,
+    /// SIGSTOP Kafka for a while, then SIGCONT.
+    PauseKafka,
+}
+
+/// The soak's result.
+#[derive(Debug)]
+pub struct SoakReport {
+    /// The checker's report over the whole run.
+    pub report: Report,
+    /// Faults injected, in order, with their time offset.
+    pub faults: Vec<(Duration, Fault)>,
+    /// Largest backlog seen on `/backlog`.
+    pub max_backlog: u64,
+    /// Time from the end of the last fault until everything was in Kafka.
+    pub drain_time: Duration,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+}
+
+impl fmt::Display for SoakReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = |k: Fault| self.faults.iter().filter(|(_, x)| *x == k).count();
+        writeln!(f, "soak: {:.0?} elapsed", self.elapsed)?;
+        writeln!(
+            f,
+            "faults: {} (gateway SIGKILL {}, gateway SIGTERM {}, Kafka SIGKILL {}, Kafka SIGSTOP {})",
+            self.faults.len(),
+            count(Fault::KillGateway),
+            count(Fault::TermGateway),
+            count(Fault::KillKafka),
+            count(Fault::PauseKafka)
+        )?;
+        writeln!(
+            f,
+            "max backlog: {} records; drain after last fault: {:.1?}",
+            self.max_backlog, self.drain_time
+        )?;
+        write!(f, "{}", self.report)
+    }
+}
+
+/// xorshift64*: reproducible schedules from a seed.
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
+    }
+}
+
+fn backlog(gw: &Gateway) -> Option<u64> {
+    crate::http_get(gw.admin, "/backlog")
+        .ok()
+        .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["records"].as_u64())
+}
+
+/// Run a soak of `duration` with the gateway binary `bin`; `seed` picks the schedule.
+pub fn run(bin: &Path, duration: Duration, seed: u64) -> SoakReport {
+    let started = Instant::now();
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let kafka = Kafka::start();
+    let m = Mosquitto::start();
+    let dir = tempfile::Builder::new()
+        .prefix("mkg-soak")
+        .tempdir()
+        .unwrap();
+    let topic = unique("soak");
+    let cfg = format!(
+        r#"
+gateway_id = "soak"
+[mqtt]
+server_uris = ["tcp://127.0.0.1:{}"]
+client_id = "{}"
+keep_alive = "5s"
+reconnect_max_delay = "1s"
+[kafka]
+bootstrap_servers = "{}"
+topic = "{topic}"
+[wal]
+dir = "{{wal}}"
+[admin]
+listen = "{{admin}}"
+[shutdown]
+grace_period = "5s"
+"#,
+        m.port,
+        unique("soak-gw"),
+        kafka.bootstrap()
+    );
+    let mut gw = Gateway::start(bin, dir.path(), &cfg);
+    gw.wait_ready();
+
+    // Publishers: chunks of messages over 8 device topics, until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let published: Arc<Mutex<Vec<Published>>> = Arc::default();
+    let publisher = {
+        let (stop, published, port) = (stop.clone(), published.clone(), m.port);
+        std::thread::spawn(move || {
+            // Paced at about 2,500 messages/s: the point is faults, not throughput.
+            let mut seq = 0u64;
+            let mut next = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                let now = Instant::now();
+                if now < next {
+                    std::thread::sleep(next - now);
+                }
+                next += Duration::from_millis(200);
+                let chunk: Vec<(String, Vec<u8>)> = (0..500)
+                    .map(|i| {
+                        let s = seq + i;
+                        (format!("soak/dev{}", s % 8), payload("soak", s, 200))
+                    })
+                    .collect();
+                seq += 500;
+                let acked = publish(port, 1, &chunk, Duration::from_secs(60));
+                published.lock().unwrap().extend(acked);
+            }
+        })
+    };
+
+    let mut faults = Vec::new();
+    let mut max_backlog = 0u64;
+    while started.elapsed() + Duration::from_secs(5) < duration {
+        let wait = Duration::from_millis(500 + rng.below(2500));
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            if let Some(b) = backlog(&gw) {
+                max_backlog = max_backlog.max(b);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let fault = match rng.below(4) {
+            0 => Fault::KillGateway,
+            1 => Fault::TermGateway,
+            2 => Fault::KillKafka,
+            _ => Fault::PauseKafka,
+        };
+        faults.push((started.elapsed(), fault));
+        match fault {
+            Fault::KillGateway => {
+                gw.sigkill();
+                gw.restart();
+                gw.wait_ready();
+            }
+            Fault::TermGateway => {
+                gw.signal(libc::SIGTERM);
+                let status = gw.wait_exit(Duration::from_secs(30));
+                assert!(status.success(), "SIGTERM exit: {status}\n{}", gw.log());
+                gw.restart();
+                gw.wait_ready();
+            }
+            Fault::KillKafka => {
+                if let Some(pid) = kafka.pid() {
+                    crate::kill(pid, libc::SIGKILL);
+                    wait_until("kafka to die", Duration::from_secs(30), || {
+                        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                            .map_or(true, |s| s.contains(") Z "))
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(500 + rng.below(3000)));
+                kafka.start_again();
+            }
+            Fault::PauseKafka => {
+                if let Some(pid) = kafka.pid() {
+                    crate::kill(pid, libc::SIGSTOP);
+                    std::thread::sleep(Duration::from_millis(500 + rng.below(5000)));
+                    crate::kill(pid, libc::SIGCONT);
+                }
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    publisher.join().expect("publisher");
+    let last_fault_end = Instant::now();
+    let published = std::mem::take(&mut *published.lock().unwrap());
+    let n = published.len();
+    let consumed = consume(
+        &kafka.bootstrap(),
+        &[topic.as_str()],
+        Duration::from_secs(300),
+        until_distinct(n),
+    );
+    let drain_time = last_fault_end.elapsed();
+    let report = check(&published, &consumed);
+    SoakReport {
+        report,
+        faults,
+        max_backlog,
+        drain_time,
+        elapsed: started.elapsed(),
+    }
+}
