@@ -272,7 +272,7 @@ pub fn failpoint_crashes_lose_nothing() -> Result<(), Failed> {
     for (point, skip) in [
         ("ingest-after-commit-before-ack", "1500"),
         ("forward-before-wal-ack", "5"),
-        ("wal-inside-commit", "20"),
+        ("wal-inside-commit", "3"),
     ] {
         let m = Mosquitto::start();
         let dir = tempfile::tempdir()?;

@@ -93,7 +93,6 @@ fn main() {
         faults::kafka_killed_and_paused_mid_stream,
         faults::failpoint_crashes_lose_nothing,
         mosquitto_restart::mosquitto_restarts_lose_nothing,
-        mosquitto_restart::zz_experiment_gateway_stopped,
     ];
     let trials = tests
         .into_iter()

@@ -1,21 +1,28 @@
 //! Mosquitto restarted under the gateway while publishers keep sending: once with
 //! SIGTERM (it saves its persistence file on the way out) and once with SIGKILL (it
-//! only has what the last autosave, at most `autosave_interval` = 1 s old, wrote).
+//! only has what its last autosave wrote: `autosave_interval 1`, but Mosquitto 2.0
+//! saves when `last_backup + interval < now` in whole seconds, so up to ~2 s old).
 //! The gateway keeps a persistent session (`clean_session = false`); the publishers
-//! too, and they retransmit what the broker had not acknowledged.
+//! too (`harness::publisher`), and they retransmit what the broker had not
+//! acknowledged.
 //!
 //! The two restarts are separate streams (different publisher ids), checked
 //! separately:
 //! - SIGTERM: nothing Mosquitto acknowledged may be lost, nothing reordered.
-//! - SIGKILL: Mosquitto may lose what it acknowledged to a publisher after its last
-//!   autosave if it had not yet delivered it to the gateway: that is Mosquitto's loss,
-//!   not the gateway's. What the gateway guarantees is asserted: every record carries
-//!   valid headers, every WAL seq the gateway assigned (= every message it received
-//!   and acknowledged) is in Kafka. Mosquitto-side loss, if any, is printed with the
-//!   evidence that the gateway never received those messages.
+//! - SIGKILL: what the gateway guarantees is asserted over the whole topic: every
+//!   record carries valid headers, and every WAL seq the gateway assigned (= every
+//!   message it received; it acknowledges only after the commit) is in Kafka.
+//!   Mosquitto itself can lose messages it acknowledged to a publisher after its last
+//!   autosave if it still held them in memory (queued beyond the gateway's inflight
+//!   window) - its loss, not the gateway's. Messages it had already written to the
+//!   gateway's connection survive the kill. So when the gateway kept up at the kill
+//!   (the normal case here), lost must be 0; if it lagged by half the window or more,
+//!   a loss is printed with the evidence that the gateway never received it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use harness::publisher::{publish_resilient_with, ResilientOptions, ResilientOutcome};
@@ -25,6 +32,10 @@ use libtest_mimic::Failed;
 use crate::{bin, config, fail, kafka, messages};
 
 const PER_PHASE: u64 = 6_000;
+/// Mosquitto's `max_inflight_messages` (scripts/mosquitto-local.sh): it writes up to
+/// this many unacknowledged messages to the gateway's connection; beyond that it
+/// queues them in memory, where a SIGKILL loses those not yet autosaved.
+const MOSQUITTO_INFLIGHT: u64 = 1_000;
 const GATEWAY_ID: &str = "test-gw";
 
 fn status(admin: SocketAddr) -> Option<serde_json::Value> {
@@ -55,6 +66,9 @@ struct Phase {
     signal_at_ms: u64,
     /// Gateway's received counter just before the signal.
     received_at_signal: u64,
+    /// Messages Mosquitto had acknowledged to the publisher but the gateway had not
+    /// yet received, just before the signal (an upper bound).
+    lag_at_signal: u64,
 }
 
 pub fn mosquitto_restarts_lose_nothing() -> Result<(), Failed> {
@@ -73,8 +87,10 @@ pub fn mosquitto_restarts_lose_nothing() -> Result<(), Failed> {
     for (name, sig) in [("sigterm", libc::SIGTERM), ("sigkill", libc::SIGKILL)] {
         let publisher_id = unique(&format!("mr{name}"));
         let msgs = messages(&publisher_id, &mqtt_topics, PER_PHASE, 128);
+        let progress = Arc::new(AtomicUsize::new(0));
         let opts = ResilientOptions {
             client_id: unique(&format!("mr-pub-{name}")),
+            progress: Some(progress.clone()),
             ..ResilientOptions::default()
         };
         let before = received(admin);
@@ -94,13 +110,17 @@ pub fn mosquitto_restarts_lose_nothing() -> Result<(), Failed> {
                 "{name}: the publisher finished before the restart"
             )));
         }
+        // Gateway first, publisher second: the difference over-estimates the lag.
         let received_at_signal = received(admin);
+        let lag_at_signal =
+            (progress.load(Ordering::Relaxed) as u64).saturating_sub(received_at_signal - before);
         let signal_at_ms = now_ms();
         let t = Instant::now();
         m.kill(sig);
         m.start_again();
         eprintln!(
-            "{name}: Mosquitto down and up again in {:?} (gateway had received {} of this stream)",
+            "{name}: Mosquitto down and up again in {:?} (gateway had received {} of this stream, \
+             {lag_at_signal} behind the publisher's acks)",
             t.elapsed(),
             received_at_signal - before
         );
@@ -133,6 +153,7 @@ pub fn mosquitto_restarts_lose_nothing() -> Result<(), Failed> {
             outcome,
             signal_at_ms,
             received_at_signal,
+            lag_at_signal,
         });
     }
 
@@ -227,28 +248,40 @@ pub fn mosquitto_restarts_lose_nothing() -> Result<(), Failed> {
             report.duplicated.len()
         );
         if !report.lost.is_empty() {
-            explain_loss(p, &report, &mine, &mqtt_topics);
+            explain_loss(p, &report, &mine);
         }
         reports.insert(p.name, report);
     }
 
     // SIGTERM: Mosquitto saved everything it acknowledged.
     reports["sigterm"].assert_clean();
-    // SIGKILL: the gateway lost nothing (asserted above); Mosquitto's own loss of
-    // acknowledged messages it had not yet saved or delivered is reported.
+    // SIGKILL: the gateway lost nothing (asserted above). Mosquitto itself loses what it
+    // acknowledged after its last autosave and still held in memory: messages queued
+    // for the gateway beyond its inflight window. Messages it had already written to
+    // the gateway's connection survive (they are in the gateway's socket). So while
+    // the gateway kept up (lag below the window), nothing may be lost; otherwise the
+    // loss is Mosquitto's, printed, not asserted.
+    let kill_phase = phases.iter().find(|p| p.name == "sigkill").unwrap();
     let kill = &reports["sigkill"];
-    if !kill.lost.is_empty() {
-        eprintln!(
-            "NOTE sigkill: Mosquitto lost {} messages it had acknowledged to the publisher; \
-             the gateway never received them (all its WAL seqs 1..={last_seq} are in Kafka)",
-            kill.lost.len()
-        );
-    }
     if !kill.out_of_order.is_empty() {
-        eprintln!(
-            "NOTE sigkill: out of order {:?}",
+        return Err(fail(format!(
+            "sigkill: out of order {:?}",
             &kill.out_of_order[..kill.out_of_order.len().min(10)]
+        )));
+    }
+    if !kill.lost.is_empty() {
+        let msg = format!(
+            "sigkill: Mosquitto lost {} messages it had acknowledged to the publisher; the \
+             gateway never received them (its WAL seqs 1..={last_seq} are all in Kafka); \
+             the gateway was {} messages behind at the kill (Mosquitto's inflight window: \
+             {MOSQUITTO_INFLIGHT})",
+            kill.lost.len(),
+            kill_phase.lag_at_signal
         );
+        if kill_phase.lag_at_signal < MOSQUITTO_INFLIGHT / 2 {
+            return Err(fail(msg));
+        }
+        eprintln!("NOTE {msg}");
     }
     Ok(())
 }
@@ -287,7 +320,7 @@ fn header_problems(c: &Consumed, mqtt_topics: &[String]) -> Result<(), String> {
 
 /// Print where the lost messages sit in the stream: the neighbours the gateway did
 /// receive, with their WAL seqs and receive times, next to the moment of the signal.
-fn explain_loss(p: &Phase, report: &Report, mine: &[Consumed], _topics: &[String]) {
+fn explain_loss(p: &Phase, report: &Report, mine: &[Consumed]) {
     let seq_of_id = |n: u64| -> Option<(u64, i64)> {
         let id = format!("{}:{n}:", p.publisher_id);
         mine.iter()
@@ -327,30 +360,4 @@ fn explain_loss(p: &Phase, report: &Report, mine: &[Consumed], _topics: &[String
             }
         }
     }
-}
-
-pub fn zz_experiment_gateway_stopped() -> Result<(), Failed> {
-    use harness::{distinct_ids, publish};
-    let k = kafka();
-    let m = Mosquitto::start();
-    let dir = tempfile::tempdir()?;
-    let topic = unique("mrexp");
-    let cfg = config(m.port, &k.bootstrap(), "")
-        .replace("[kafka]\n", &format!("[kafka]\ntopic = \"{topic}\"\n"));
-    let mut gw = Gateway::start(bin(), dir.path(), &cfg);
-    gw.wait_ready();
-    std::thread::sleep(Duration::from_millis(2500)); // let an autosave include the gateway session
-    harness::kill(gw.pid(), libc::SIGSTOP);
-    let msgs = messages("exp", &["e/a".into()], 3000, 128);
-    let published = publish(m.port, 1, &msgs, Duration::from_secs(30));
-    m.kill(libc::SIGKILL);
-    m.start_again();
-    harness::kill(gw.pid(), libc::SIGCONT);
-    let consumed = consume(&k.bootstrap(), &[topic.as_str()], Duration::from_secs(10), |r| distinct_ids(r) >= 3000);
-    let r = check(&published, &consumed);
-    eprintln!("experiment: {r}; status {}", gw.json("/status")["counters"]);
-    let mut lost: Vec<u64> = r.lost.iter().filter_map(|id| id.rsplit(':').next()?.parse().ok()).collect();
-    lost.sort_unstable();
-    if !lost.is_empty() { eprintln!("lost {}..={} ({})", lost[0], lost[lost.len()-1], lost.len()); }
-    Ok(())
 }
