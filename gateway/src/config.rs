@@ -225,6 +225,11 @@ pub struct WalConfig {
     /// per commit.
     #[serde(default)]
     pub quick_repair: bool,
+    /// Stop acknowledging new MQTT messages while the WAL's filesystem has less free
+    /// space than this (unless the WAL file has room inside): the reserve lets the
+    /// deletes of acknowledged records still commit, so the gateway recovers by itself.
+    #[serde(default = "default_min_free")]
+    pub min_free_space: ByteSize,
 }
 
 /// Forwarder bounds.
@@ -383,6 +388,9 @@ fn default_batch_bytes() -> ByteSize {
 }
 fn default_cache_size() -> ByteSize {
     ByteSize(16 << 20)
+}
+fn default_min_free() -> ByteSize {
+    ByteSize(64 << 20)
 }
 fn default_inflight_records() -> usize {
     20_000

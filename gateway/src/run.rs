@@ -124,6 +124,7 @@ pub async fn run(
             max_batch_bytes: cfg.wal.max_batch_bytes.0 as usize,
             linger: cfg.wal.commit_linger,
             idle_sync: Duration::from_secs(1),
+            min_free_space: cfg.wal.min_free_space.0,
         };
         std::thread::Builder::new()
             .name("wal".into())

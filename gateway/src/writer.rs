@@ -62,6 +62,54 @@ pub struct WriterOptions {
     pub linger: Duration,
     /// After this long idle with unsynced ack-only commits, fsync them.
     pub idle_sync: Duration,
+    /// Free space to keep on the WAL's filesystem (0 = no check).
+    pub min_free_space: u64,
+}
+
+/// Free bytes for unprivileged users on the filesystem holding `path`.
+fn fs_free(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe_zeroed();
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+fn unsafe_zeroed() -> libc::statvfs {
+    // SAFETY: statvfs is a plain C struct of integers; all-zero is a valid value.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::mem::zeroed()
+    }
+}
+
+/// Why appending `need` more bytes would eat the reserve, if it would.
+fn low_space(wal: &Wal, min_free: u64, need: u64) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    if min_free == 0 {
+        return None;
+    }
+    let dir = wal.path().parent()?;
+    let free = fs_free(dir)?;
+    if free >= min_free + need {
+        return None;
+    }
+    // Pages freed by deletes are reused inside the file: if the file's allocated
+    // blocks are at least twice what it holds, the append fits without the filesystem.
+    let on_disk = std::fs::metadata(wal.path())
+        .map(|m| m.blocks() * 512)
+        .unwrap_or(0);
+    let s = wal.stats();
+    let live = s.bytes + s.dead_letter_bytes;
+    if on_disk >= 2 * live + 2 * need + (1 << 20) {
+        return None;
+    }
+    Some(format!(
+        "disk almost full: {free} bytes free under {}, below wal.min_free_space ({min_free}); waiting for Kafka to drain the backlog",
+        dir.display()
+    ))
 }
 
 /// Run the WAL thread until every command sender is gone (or `abort` is cancelled
@@ -151,6 +199,7 @@ pub fn run(
         }
         // 3. Commit, retrying until it succeeds: nothing is acknowledged before.
         let mut ctx = Retry {
+            min_free: opts.min_free_space,
             wal: &wal,
             shared: &shared,
             abort: &abort,
@@ -221,6 +270,7 @@ fn build<'a>(appends: &'a [Pending], dead: &[(u64, String)], ack: Option<u64>) -
 }
 
 struct Retry<'a> {
+    min_free: u64,
     wal: &'a Wal,
     shared: &'a Shared,
     abort: &'a CancellationToken,
@@ -247,7 +297,47 @@ impl Retry<'_> {
         // On a full disk, try ever smaller prefixes of the batch: a big batch may not
         // fit where a small one does.
         let mut limit = appends.len();
+        let mut low = false;
         loop {
+            // Keep the free-space reserve: while it is short, commit only deletes
+            // (they free room) and hold the appends.
+            let need: u64 = appends[..limit]
+                .iter()
+                .map(|p| (p.payload.len() + p.topic.len() + 64) as u64)
+                .sum();
+            if limit > 0 {
+                if let Some(why) = low_space(self.wal, self.min_free, 2 * need) {
+                    if limit > 1 {
+                        limit /= 2;
+                        continue;
+                    }
+                    if !low {
+                        tracing::warn!("{why}; not acknowledging MQTT messages");
+                        low = true;
+                    }
+                    self.shared.mqtt_accepting.store(false, Relaxed);
+                    state::set(&self.shared.wal_last_error, Some(why));
+                    self.take_queued(dead, ack);
+                    self.commit_deletes_alone(appends, dead, ack);
+                    let cancelled = self.rt.block_on(async {
+                        tokio::select! {
+                            _ = self.abort.cancelled() => true,
+                            _ = tokio::time::sleep(Duration::from_millis(200)) => false,
+                        }
+                    });
+                    if cancelled {
+                        return None;
+                    }
+                    limit = appends.len();
+                    continue;
+                }
+            }
+            if low {
+                tracing::info!("free space is back above the reserve; acknowledging MQTT messages");
+                low = false;
+                self.shared.mqtt_accepting.store(true, Relaxed);
+                state::set(&self.shared.wal_last_error, None);
+            }
             let appends = &appends[..limit];
             let durability = if appends.is_empty() && dead.is_empty() {
                 Durability::None

@@ -70,6 +70,7 @@ impl Rig {
                         max_batch_bytes: 1 << 20,
                         linger: Duration::ZERO,
                         idle_sync: Duration::from_millis(100),
+                        min_free_space: 0,
                     },
                     CancellationToken::new(),
                     || {},

@@ -462,7 +462,8 @@ pub fn disk_full_stops_acking_then_resumes() -> Result<(), Failed> {
     let _mount = TmpfsMount::new(&dir.path().join("wal"), "6m")?;
     let topic = unique("full");
     let cfg = config(m.port, &own.bootstrap(), "")
-        .replace("[kafka]\n", &format!("[kafka]\ntopic = \"{topic}\"\n"));
+        .replace("[kafka]\n", &format!("[kafka]\ntopic = \"{topic}\"\n"))
+        .replace("[wal]\n", "[wal]\nmin_free_space = \"1MiB\"\n");
     let mut gw = Gateway::start(bin(), dir.path(), &cfg);
     gw.wait_ready();
     let msgs = messages("full", &["f/1".into(), "f/2".into()], 12_000, 1000);
@@ -477,17 +478,19 @@ pub fn disk_full_stops_acking_then_resumes() -> Result<(), Failed> {
     }
     let admin = gw.admin;
     wait_until(
-        "/readyz to report the WAL not writable",
+        "/readyz to report ingest paused for disk space",
         Duration::from_secs(60),
-        || {
-            harness::http_get(admin, "/readyz")
-                .is_ok_and(|(s, b)| s == 503 && b.contains("wal not writable"))
-        },
+        || harness::http_get(admin, "/readyz").is_ok_and(|(s, _)| s == 503),
     );
+    let status = gw.json("/status");
+    let why = status["wal"]["last_error"].as_str().unwrap_or("");
+    if status["mqtt"]["accepting"] != false || !why.contains("disk") {
+        return Err(fail(format!(
+            "status does not show the condition: {status}"
+        )));
+    }
     let (_, metrics) = harness::http_get(admin, "/metrics")?;
-    if !metrics.contains("mkg_wal_writable 0")
-        || metrics.contains("mkg_wal_commit_errors_total 0\n")
-    {
+    if !metrics.contains("mkg_mqtt_accepting 0") {
         return Err(fail(format!(
             "metrics do not show the condition:\n{metrics}"
         )));

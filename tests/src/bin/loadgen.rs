@@ -3,7 +3,7 @@
 //! ```text
 //! loadgen --port 1883 [--host 127.0.0.1] --publishers 4 --messages 2000000 \
 //!         --size 256 --qos 1 --topic-prefix load/dev [--topics 8] \
-//!         [--inflight 1000] [--threads 2] [--run-id ID]
+//!         [--inflight 1000] [--threads 2] [--run-id ID] [--rate MSGS_PER_SEC]
 //! ```
 //!
 //! Each publisher has its own MQTT connection (clean session, `--inflight` unacked
@@ -11,7 +11,9 @@
 //! `messages % publishers` publishers send one more). Payloads are the checker's format
 //! (`harness::payload`): `PUBID:SEQ:` padded with `x` to `--size` bytes, PUBID being
 //! `RUNID-I`. Publisher I spreads its messages round robin over `--topics` topics
-//! `PREFIX/I/T`. All publishers connect first and start together.
+//! `PREFIX/I/T`. All publishers connect first and start together. `--rate` caps the
+//! total offered rate (each publisher paces itself at RATE / K messages/s); without it
+//! they publish as fast as the broker takes them.
 //!
 //! It counts broker acknowledgements (PUBACK for QoS 1, PUBCOMP for QoS 2; for QoS 0
 //! every PUBLISH written to the socket) and prints one JSON line on stdout:
@@ -41,13 +43,15 @@ struct Args {
     threads: usize,
     run_id: String,
     timeout: Duration,
+    /// Total offered rate in messages/s over all publishers; 0 = as fast as possible.
+    rate: f64,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: loadgen --port P [--host H] [--publishers K] [--messages N] [--size BYTES] \
          [--qos 0|1|2] [--topic-prefix PREFIX] [--topics T] [--inflight I] [--threads W] \
-         [--run-id ID] [--timeout SECS]"
+         [--run-id ID] [--timeout SECS] [--rate MSGS_PER_SEC]"
     );
     std::process::exit(2);
 }
@@ -66,6 +70,7 @@ fn parse_args() -> Args {
         threads: 2,
         run_id: format!("lg{}", std::process::id()),
         timeout: Duration::from_secs(600),
+        rate: 0.0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -95,6 +100,7 @@ fn parse_args() -> Args {
             "--threads" => a.threads = num(&flag, &v),
             "--run-id" => a.run_id = v,
             "--timeout" => a.timeout = Duration::from_secs(num(&flag, &v)),
+            "--rate" => a.rate = num(&flag, &v),
             _ => {
                 eprintln!("loadgen: unknown flag {flag}");
                 usage();
@@ -166,8 +172,14 @@ async fn publisher(
     let sender = {
         let a = a.clone();
         let client = client.clone();
+        let per_pub = a.rate / a.publishers as f64;
+        let began = tokio::time::Instant::now();
         tokio::spawn(async move {
             for seq in 0..count {
+                if per_pub > 0.0 && seq % 64 == 0 {
+                    let due = began + Duration::from_secs_f64(seq as f64 / per_pub);
+                    tokio::time::sleep_until(due).await;
+                }
                 // The checker's payload format (harness::payload), built without the
                 // byte-by-byte loop.
                 let mut p = format!("{pubid}:{seq}:").into_bytes();
@@ -322,6 +334,7 @@ fn main() -> std::process::ExitCode {
         "qos": a.qos,
         "topics_per_publisher": a.topics,
         "inflight": a.inflight,
+        "rate": a.rate,
         "run_id": a.run_id,
         "start_unix_ms": unix_ms(t0_wall),
         "sent": sent,
