@@ -74,7 +74,10 @@ fn fs_free(path: &std::path::Path) -> Option<u64> {
     // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
     #[allow(unsafe_code)]
     let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+    // The fields are narrower than u64 on some 32-bit targets.
+    #[allow(clippy::unnecessary_cast)]
+    let free = st.f_bavail as u64 * st.f_frsize as u64;
+    (rc == 0).then_some(free)
 }
 
 fn unsafe_zeroed() -> libc::statvfs {
