@@ -22,19 +22,8 @@ pub mod tls;
 pub mod waltool;
 pub mod writer;
 
-/// Abort the process at a named point when the test-only `failpoints` feature is on
-/// and `MKG_FAILPOINT` names it, after `MKG_FAILPOINT_SKIP` earlier hits (crash tests).
+/// Abort the process at a named point (test builds only; see [`wal::failpoint`]).
 #[cfg(feature = "failpoints")]
 pub(crate) fn failpoint(name: &str) {
-    if std::env::var("MKG_FAILPOINT").is_ok_and(|v| v == name) {
-        static HITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let skip: u64 = std::env::var("MKG_FAILPOINT_SKIP")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        if HITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= skip {
-            eprintln!("failpoint {name}: aborting");
-            std::process::abort();
-        }
-    }
+    wal::failpoint(name);
 }

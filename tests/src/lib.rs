@@ -295,23 +295,7 @@ impl Gateway {
     /// Write `config` (TOML; `{admin}` and `{wal}` are filled in) to a file in `dir`
     /// and start the binary `bin` with it.
     pub fn start(bin: &Path, dir: &Path, config: &str) -> Self {
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let text = config
-            .replace("{admin}", &admin.to_string())
-            .replace("{wal}", dir.join("wal").to_str().unwrap());
-        let path = dir.join("gateway.toml");
-        std::fs::write(&path, text).unwrap();
-        let mut g = Self {
-            child: None,
-            bin: bin.to_path_buf(),
-            dir: dir.to_path_buf(),
-            admin,
-            config: path,
-            runs: 0,
-            env: Vec::new(),
-        };
-        g.restart();
-        g
+        Self::start_with_env(bin, dir, config, &[])
     }
 
     /// Like [`Gateway::start`] with extra environment variables for the first run

@@ -440,8 +440,10 @@ impl Wal {
     }
 }
 
+/// Abort the process at a named point when `MKG_FAILPOINT` names it, after
+/// `MKG_FAILPOINT_SKIP` earlier hits (test builds only: the `failpoints` feature).
 #[cfg(feature = "failpoints")]
-fn failpoint(name: &str) {
+pub fn failpoint(name: &str) {
     if std::env::var("MKG_FAILPOINT").is_ok_and(|v| v == name) {
         static HITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let skip: u64 = std::env::var("MKG_FAILPOINT_SKIP")
