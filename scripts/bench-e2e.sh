@@ -17,7 +17,8 @@
 #   RSS      gateway peak RSS (VmHWM), CPU seconds of each process, per gateway thread
 #   batch    WAL records per commit (mkg_wal_records_committed / mkg_wal_commits)
 #
-# and checks with kcat that Kafka holds at least warm-up + N records.
+# and checks with kcat that Kafka holds at least warm-up + N records and all N distinct
+# messages of the run (by the payload's PUBID:SEQ prefix).
 #
 # Environment (all optional):
 #   BENCH_MESSAGES=1000000  BENCH_PUBLISHERS=4  BENCH_SIZE=256  BENCH_QOS=1
@@ -301,8 +302,11 @@ STEADY=$(awk -v f0="$RECS0" -v n="$N" '
 
 say "checking Kafka with kcat"
 KAFKA_COUNT=$(timeout 300 kcat -b "127.0.0.1:$K_PORT" -C -e -q -t "$TOPIC" -o beginning -f '%o\n' | wc -l)
+# Distinct messages of this run (payload "run$$-I:SEQ:..."): duplicates cannot hide a loss.
+KAFKA_DISTINCT=$(timeout 300 kcat -b "127.0.0.1:$K_PORT" -C -e -q -t "$TOPIC" -o beginning -f '%s\n' |
+    cut -c1-48 | cut -d: -f1,2 | grep "^run$$-" | sort -u | wc -l)
 KAFKA_OK=yes
-((KAFKA_COUNT >= WARMUP + N)) || KAFKA_OK=no
+((KAFKA_COUNT >= WARMUP + N && KAFKA_DISTINCT == N)) || KAFKA_OK=no
 
 python3 - "$DIR" <<EOF
 import json, sys
@@ -328,7 +332,7 @@ r = {
     "avg_records_per_commit": round($RECS / $COMMITS, 1) if $COMMITS else 0,
     "disk_fsync_us": ${FSYNC_US:-0},
     "kafka_records": $KAFKA_COUNT, "kafka_expected_min": $WARMUP + $N, "kafka_ok": "$KAFKA_OK" == "yes",
-    "kafka_duplicates": max(0, $KAFKA_COUNT - ($WARMUP + $N)),
+    "kafka_duplicates": max(0, $KAFKA_COUNT - ($WARMUP + $N)), "kafka_distinct": $KAFKA_DISTINCT,
 }
 t0 = dict(l.split() for l in open("$DIR/threads0"))
 t1 = dict(l.split() for l in open("$DIR/threads1"))
@@ -349,7 +353,7 @@ rows = [
     ("WAL commits / records per commit", f"{r['wal_commits']:,} / {r['avg_records_per_commit']}"),
     ("disk 4 KiB write+fdatasync", f"{r['disk_fsync_us']} us"),
     ("producer rebuilds / delivery errors / MQTT reconnects", f"{r['producer_rebuilds']} / {r['delivery_errors']} / {r['mqtt_reconnects']}"),
-    ("records in Kafka (kcat)", f"{r['kafka_records']:,} (need >= {r['kafka_expected_min']:,}): {'OK' if r['kafka_ok'] else 'MISSING'}, {r['kafka_duplicates']:,} extra (duplicates)"),
+    ("records in Kafka (kcat)", f"{r['kafka_records']:,} (need >= {r['kafka_expected_min']:,}), distinct of this run {r['kafka_distinct']:,} of {r['messages']:,}: {'OK' if r['kafka_ok'] else 'MISSING'}; {r['kafka_duplicates']:,} extra (duplicates)"),
 ]
 for k, v in rows:
     print(f"| {k} | {v} |")
@@ -360,7 +364,7 @@ if out:
     with open(out, "a") as f:
         f.write(json.dumps(r) + "\n")
 EOF
-[[ $KAFKA_OK == yes ]] || die "Kafka holds $KAFKA_COUNT records, expected at least $((WARMUP + N))"
+[[ $KAFKA_OK == yes ]] || die "Kafka holds $KAFKA_COUNT records ($KAFKA_DISTINCT distinct of this run), expected at least $((WARMUP + N)) ($N distinct)"
 if ((KAFKA_COUNT > WARMUP + N || REBUILDS > 0)); then
     echo "bench-e2e: note: $((KAFKA_COUNT - WARMUP - N)) duplicate records in Kafka, $REBUILDS producer rebuilds (see $DIR/gateway.log)" >&2
     BENCH_KEEP=1
