@@ -20,6 +20,10 @@
 # and checks with kcat that Kafka holds at least warm-up + N records and all N distinct
 # messages of the run (by the payload's PUBID:SEQ prefix).
 #
+# Default is 1M messages as fast as Mosquitto takes them (~25-40 s here). Longer
+# unpaced runs overflow Mosquitto 2.0.11's queue for the gateway (max_queued_messages)
+# and it drops messages itself (see docs/PERFORMANCE.md); use BENCH_RATE for those.
+#
 # Environment (all optional):
 #   BENCH_MESSAGES=1000000  BENCH_PUBLISHERS=4  BENCH_SIZE=256  BENCH_QOS=1
 #   BENCH_RATE=0            total offered rate, msg/s (0 = as fast as Mosquitto acks)
