@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the integration tests and demos need to run real brokers:
-#   - Debian packages mosquitto, mosquitto-clients, kcat (only if missing);
+#   - Debian packages mosquitto, mosquitto-clients, kcat, faketime (only if missing);
 #   - keeps Debian's mosquitto *system service* stopped and disabled (tests
 #     start their own mosquitto processes; the service would hold port 1883);
 #   - Java >= 17 and Maven (openjdk-17-jre-headless, maven if missing);
@@ -66,14 +66,15 @@ apt_install() {
 # ---------------------------------------------------------------- packages
 missing=()
 # Brokers and clients for the tests and the demo; C/C++ tool chain for the vendored
-# librdkafka, OpenSSL, curl and zlib builds of the rdkafka crate; curl for the demo.
-for p in mosquitto mosquitto-clients kcat cmake g++ make perl curl; do
+# librdkafka, OpenSSL, curl and zlib builds of the rdkafka crate; curl for the demo;
+# faketime (libfaketime) for the clock-jump test.
+for p in mosquitto mosquitto-clients kcat cmake g++ make perl curl faketime; do
     pkg_installed "$p" || missing+=("$p")
 done
 if [[ ${#missing[@]} -gt 0 ]]; then
     apt_install "${missing[@]}"
 else
-    say "mosquitto, mosquitto-clients, kcat, build tools: already installed"
+    say "mosquitto, mosquitto-clients, kcat, faketime, build tools: already installed"
 fi
 if ! command -v cargo >/dev/null 2>&1 && [[ ! -x $HOME/.cargo/bin/cargo ]]; then
     die "Rust is not installed: install it with rustup (https://rustup.rs), then re-run"

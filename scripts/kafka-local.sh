@@ -23,6 +23,10 @@
 #   MKG_KAFKA_STOP_TIMEOUT   seconds to wait before SIGKILL (default 30)
 #   MKG_KAFKA_CDS_DUMP       (used by install-deps.sh) broker JVM dumps a CDS
 #                            archive to this path when it exits
+#   MKG_KAFKA_AUTO_CREATE    auto.create.topics.enable: true (default) or false
+#                            (tests of a route to a topic that does not exist)
+#   MKG_KAFKA_EXTRA_PROPS    extra server.properties lines, one per line
+#                            (e.g. "log.message.timestamp.after.max.ms=3600000")
 set -euo pipefail
 
 KAFKA_VERSION=4.1.1
@@ -34,6 +38,7 @@ CDS_ARCHIVE="$KAFKA_HOME/kafka-cds.jsa"
 JAVA="${MKG_JAVA:-java}"
 DEFAULT_JVM_OPTS="-Xms256m -Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1"
 START_TIMEOUT="${MKG_KAFKA_START_TIMEOUT:-90}"
+AUTO_CREATE="${MKG_KAFKA_AUTO_CREATE:-true}"
 STOP_TIMEOUT="${MKG_KAFKA_STOP_TIMEOUT:-30}"
 
 log() { echo "[kafka-local] $*" >&2; }
@@ -90,6 +95,8 @@ cmd_start() {
     local data_dir="$1" port="$2" cport="$3"
     [[ $port =~ ^[0-9]+$ && $cport =~ ^[0-9]+$ ]] || die "PORT and CONTROLLER_PORT must be numbers"
     [[ $port != "$cport" ]] || die "PORT and CONTROLLER_PORT must differ"
+    [[ $AUTO_CREATE == true || $AUTO_CREATE == false ]] ||
+        die "MKG_KAFKA_AUTO_CREATE must be true or false, not '$AUTO_CREATE'"
     [[ -f $LIBS/kafka_2.13-$KAFKA_VERSION.jar ]] ||
         die "Kafka jars not found in $LIBS; run scripts/install-deps.sh first"
     command -v "$JAVA" >/dev/null || die "java not found ($JAVA); run scripts/install-deps.sh"
@@ -119,7 +126,7 @@ log.dirs=$data_dir/logs
 num.partitions=3
 default.replication.factor=1
 min.insync.replicas=1
-auto.create.topics.enable=true
+auto.create.topics.enable=$AUTO_CREATE
 delete.topic.enable=true
 offsets.topic.replication.factor=1
 offsets.topic.num.partitions=1
@@ -133,6 +140,9 @@ num.network.threads=2
 num.io.threads=4
 num.recovery.threads.per.data.dir=1
 EOF
+    if [[ -n ${MKG_KAFKA_EXTRA_PROPS:-} ]]; then
+        printf '%s\n' "$MKG_KAFKA_EXTRA_PROPS" >>"$props"
+    fi
 
     java_opts
     local t0
