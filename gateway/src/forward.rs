@@ -326,6 +326,7 @@ impl Forwarder {
     fn run(&mut self, shutdown: CancellationToken, grace: Duration) -> anyhow::Result<()> {
         let mut drain_deadline: Option<Instant> = None;
         loop {
+            self.shared.heartbeats.forward.beat();
             if shutdown.is_cancelled() {
                 let deadline = *drain_deadline.get_or_insert_with(|| {
                     tracing::info!(
@@ -638,6 +639,7 @@ impl Forwarder {
         // Back off before reconnecting, waking early on shutdown.
         let until = Instant::now() + self.rebuild_delay;
         while Instant::now() < until && !shutdown.is_cancelled() {
+            self.shared.heartbeats.forward.beat();
             std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
         }
         self.rebuild_delay = (self.rebuild_delay * 2).min(Duration::from_secs(10));

@@ -123,7 +123,7 @@ pub async fn run(
         let event = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            ev = eventloop.poll() => ev,
+            ev = state::beating(&shared.heartbeats.ingest, eventloop.poll()) => ev,
         };
         match event {
             Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -204,7 +204,7 @@ pub async fn run(
                     .unwrap_or(loaded.config.mqtt.reconnect_max_delay);
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(delay) => {}
+                    _ = state::beating(&shared.heartbeats.ingest, tokio::time::sleep(delay)) => {}
                 }
             }
         }

@@ -23,7 +23,17 @@ pub mod waltool;
 pub mod writer;
 
 /// Abort the process at a named point (test builds only; see [`wal::failpoint`]).
+/// With `MKG_FAILPOINT_ACTION=hang` the calling thread hangs there instead (for the
+/// watchdog test: a stuck loop).
 #[cfg(feature = "failpoints")]
 pub(crate) fn failpoint(name: &str) {
+    if std::env::var("MKG_FAILPOINT_ACTION").is_ok_and(|a| a == "hang")
+        && std::env::var("MKG_FAILPOINT").is_ok_and(|v| v == name)
+    {
+        eprintln!("failpoint {name}: hanging this thread");
+        loop {
+            std::thread::park();
+        }
+    }
     wal::failpoint(name);
 }

@@ -1,8 +1,9 @@
 //! Shared counters and status flags, and the admin API's view of them.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use wal::Wal;
 
@@ -31,6 +32,81 @@ pub struct Counters {
     pub kafka_producer_rebuilds: AtomicU64,
 }
 
+/// How often a loop that is waiting (idle, or for a broker) still beats.
+pub const HEARTBEAT_TICK: Duration = Duration::from_secs(1);
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// When a long-running loop last showed it is not stuck (for the systemd watchdog).
+/// A loop beats on every turn and every [`HEARTBEAT_TICK`] while it waits, so an
+/// outage (a broker down, nothing to do) is not a hang; a stuck loop goes silent.
+#[derive(Debug)]
+pub struct Heartbeat(AtomicU64);
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        let h = Self(AtomicU64::new(0));
+        h.beat();
+        h
+    }
+}
+
+impl Heartbeat {
+    /// The loop is alive now.
+    pub fn beat(&self) {
+        self.0.store(epoch().elapsed().as_millis() as u64, Relaxed);
+    }
+
+    /// Time since the last beat.
+    pub fn age(&self) -> Duration {
+        let now = epoch().elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.0.load(Relaxed)))
+    }
+}
+
+/// Await `fut`, beating `hb` every [`HEARTBEAT_TICK`] while it is pending. `fut` is
+/// never cancelled by the ticks.
+pub async fn beating<F: Future>(hb: &Heartbeat, fut: F) -> F::Output {
+    tokio::pin!(fut);
+    let mut tick = tokio::time::interval(HEARTBEAT_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut fut => return out,
+            _ = tick.tick() => hb.beat(),
+        }
+    }
+}
+
+/// Heartbeats of the loops the watchdog watches.
+#[derive(Debug, Default)]
+pub struct Heartbeats {
+    /// The WAL thread ([`crate::writer`]).
+    pub wal: Heartbeat,
+    /// The MQTT ingest loop ([`crate::ingest`]).
+    pub ingest: Heartbeat,
+    /// The forwarder thread ([`crate::forward`]).
+    pub forward: Heartbeat,
+}
+
+impl Heartbeats {
+    /// The loop that has been silent longest, if longer than `limit`.
+    pub fn stale(&self, limit: Duration) -> Option<(&'static str, Duration)> {
+        [
+            ("WAL writer", self.wal.age()),
+            ("MQTT ingest", self.ingest.age()),
+            ("Kafka forwarder", self.forward.age()),
+        ]
+        .into_iter()
+        .filter(|(_, age)| *age > limit)
+        .max_by_key(|(_, age)| *age)
+    }
+}
+
 /// State shared by the ingest, WAL, forwarder and admin parts.
 #[derive(Debug)]
 pub struct Shared {
@@ -52,6 +128,8 @@ pub struct Shared {
     pub kafka_last_error: Mutex<Option<String>>,
     /// Records handed to the producer and not yet acknowledged.
     pub kafka_in_flight: AtomicU64,
+    /// Liveness of the long-running loops.
+    pub heartbeats: Heartbeats,
     started: Instant,
 }
 
@@ -67,6 +145,7 @@ impl Default for Shared {
             wal_last_error: Mutex::new(None),
             kafka_last_error: Mutex::new(None),
             kafka_in_flight: AtomicU64::new(0),
+            heartbeats: Heartbeats::default(),
             started: Instant::now(),
         }
     }

@@ -142,6 +142,7 @@ pub fn run(
     let mut held: Vec<Pending> = Vec::new();
 
     while !closed {
+        shared.heartbeats.wal.beat();
         let mut bytes = 0usize;
         if held.is_empty() {
             // 1. Block for the first command (or idle-sync after a while).
@@ -149,7 +150,7 @@ pub fn run(
                 if unsynced {
                     tokio::time::timeout(opts.idle_sync, rx.recv()).await
                 } else {
-                    Ok(rx.recv().await)
+                    Ok(state::beating(&shared.heartbeats.wal, rx.recv()).await)
                 }
             });
             match first {
@@ -201,6 +202,8 @@ pub fn run(
             }
         }
         // 3. Commit, retrying until it succeeds: nothing is acknowledged before.
+        #[cfg(feature = "failpoints")]
+        crate::failpoint("wal-writer-before-commit");
         let mut ctx = Retry {
             min_free: opts.min_free_space,
             wal: &wal,
@@ -302,6 +305,7 @@ impl Retry<'_> {
         let mut limit = appends.len();
         let mut low = false;
         loop {
+            self.shared.heartbeats.wal.beat();
             // Keep the free-space reserve: while it is short, commit only deletes
             // (they free room) and hold the appends.
             let need: u64 = appends[..limit]
