@@ -17,6 +17,7 @@ pub mod forward;
 pub mod ingest;
 pub mod route;
 pub mod run;
+pub mod sdnotify;
 pub mod state;
 pub mod tls;
 pub mod waltool;

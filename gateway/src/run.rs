@@ -14,7 +14,7 @@ use crate::config::Loaded;
 use crate::forward::{self, ForwardOptions};
 use crate::state::{AdminView, Shared};
 use crate::writer::{self, WriterOptions};
-use crate::{ingest, state};
+use crate::{ingest, sdnotify, state};
 
 /// Why the gateway stopped with an error; maps to the exit code.
 #[derive(Debug, thiserror::Error)]
@@ -62,15 +62,29 @@ pub async fn run(
     let loaded = Arc::new(loaded);
     let cfg = &loaded.config;
     let shared = Arc::new(Shared::default());
+    // systemd (Type=notify): a no-op when not started by systemd.
+    let notifier = sdnotify::Notifier::from_env().map(Arc::new);
+    if let Some(n) = &notifier {
+        n.notify("STATUS=Opening the WAL");
+    }
 
     let dir = cfg.wal.dir.clone();
     let wal_opts = WalOptions {
         cache_size: cfg.wal.cache_size.0 as usize,
         quick_repair: cfg.wal.quick_repair,
     };
-    let wal = tokio::task::spawn_blocking(move || Wal::open(dir, wal_opts))
+    let opened = tokio::task::spawn_blocking(move || Wal::open(dir, wal_opts))
         .await
-        .map_err(anyhow::Error::from)??;
+        .map_err(anyhow::Error::from)?;
+    let wal = match opened {
+        Ok(w) => w,
+        Err(e) => {
+            if let Some(n) = &notifier {
+                n.notify(&format!("STATUS=The WAL cannot be opened: {e}"));
+            }
+            return Err(e.into());
+        }
+    };
     let wal = Arc::new(wal);
     let st = wal.stats();
     tracing::info!(
@@ -175,6 +189,27 @@ pub async fn run(
 
     on_ready(&Ready { admin_addr });
 
+    // Tell systemd we are up; feed its watchdog while the loops beat; STOPPING=1 as
+    // soon as shutdown begins.
+    let stopping = shutdown.child_token();
+    let supervisor = notifier.map(|n| {
+        let watchdog = sdnotify::watchdog_from_env();
+        if let Some(w) = watchdog {
+            tracing::info!(interval = ?w, "systemd watchdog enabled");
+        }
+        n.notify(&format!(
+            "READY=1\nSTATUS=Serving (admin API: {})",
+            admin_addr.map_or_else(|| "off".to_string(), |a| a.to_string())
+        ));
+        tokio::spawn(sdnotify::supervise(
+            n,
+            watchdog,
+            shared.clone(),
+            wal.clone(),
+            stopping.clone(),
+        ))
+    });
+
     // MQTT ingest runs until shutdown.
     let ingest_result = ingest::run(
         loaded.clone(),
@@ -186,6 +221,10 @@ pub async fn run(
     .await;
     if let Err(e) = &ingest_result {
         tracing::error!(error = %e, "MQTT ingest failed; shutting down");
+    }
+    stopping.cancel();
+    if let Some(t) = supervisor {
+        let _ = t.await;
     }
 
     // Then drain Kafka deliveries within the grace period, then let the WAL thread
