@@ -35,6 +35,8 @@
 pub mod format;
 
 mod error;
+#[cfg(feature = "failpoints")]
+pub mod faults;
 
 pub use error::{CommitError, Error, OpenError, ReadError};
 pub use format::{DeadLetter, Record, RecordRef};
@@ -42,6 +44,7 @@ pub use redb::Durability;
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, RwLock};
 use std::time::Duration;
 
@@ -164,6 +167,9 @@ pub struct Wal {
     path: PathBuf,
     options: WalOptions,
     db: RwLock<Database>,
+    /// Set while `db` is only a placeholder: a reopen closed the file and failed to
+    /// open it again. Commits and reads fail until a reopen succeeds.
+    closed: AtomicBool,
     stats: Mutex<WalStats>,
     appended: Condvar,
     encode_buf: Mutex<Vec<u8>>,
@@ -184,6 +190,7 @@ impl Wal {
             path,
             options,
             db: RwLock::new(db),
+            closed: AtomicBool::new(false),
             stats: Mutex::new(stats),
             appended: Condvar::new(),
             encode_buf: Mutex::new(Vec::new()),
@@ -206,6 +213,7 @@ impl Wal {
             path,
             options,
             db: RwLock::new(db),
+            closed: AtomicBool::new(false),
             stats: Mutex::new(stats),
             appended: Condvar::new(),
             encode_buf: Mutex::new(Vec::new()),
@@ -219,18 +227,28 @@ impl Wal {
 
     /// Close and reopen the database file: redb refuses writes after a failed commit
     /// until it is reopened. The in-memory stats are reloaded from disk.
+    ///
+    /// If the open fails, the WAL stays closed: every commit and read fails (never
+    /// lands in the in-memory placeholder) until a later reopen succeeds.
     pub fn reopen(&self) -> Result<(), OpenError> {
         let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
         // redb holds a file lock: the old handle must be gone before the new open.
         let placeholder = redb::Builder::new()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(|e| OpenError::from_database(&self.path, e))?;
+        self.closed.store(true, Ordering::SeqCst);
         drop(std::mem::replace(&mut *db, placeholder));
         let fresh = open_database(&self.path, &self.options)?;
         let stats = init_and_load(&fresh, &self.path)?;
         *db = fresh;
         *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = stats;
+        self.closed.store(false, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// True while a failed [`Wal::reopen`] left the database closed.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
     }
 
     /// Apply `batch` in one write transaction with the given durability.
@@ -243,6 +261,9 @@ impl Wal {
         durability: Durability,
     ) -> Result<CommitOutcome, CommitError> {
         let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+        if self.is_closed() {
+            return Err(CommitError::Storage(redb::Error::DatabaseClosed));
+        }
         let before = *self.stats.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(ack) = batch.ack_up_to {
             if ack >= before.next_seq {
@@ -357,6 +378,9 @@ impl Wal {
         mut visit: impl FnMut(u64, RecordRef<'_>) -> ControlFlow<()>,
     ) -> Result<usize, ReadError> {
         let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+        if self.is_closed() {
+            return Err(ReadError::Storage(redb::Error::DatabaseClosed));
+        }
         let txn = db.begin_read()?;
         let records = txn.open_table(RECORDS)?;
         let mut n = 0;
@@ -400,6 +424,9 @@ impl Wal {
     /// Read dead letters with sequence `>= from`, at most `limit`.
     pub fn dead_letters(&self, from: u64, limit: usize) -> Result<Vec<DeadLetter>, ReadError> {
         let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+        if self.is_closed() {
+            return Err(ReadError::Storage(redb::Error::DatabaseClosed));
+        }
         let txn = db.begin_read()?;
         let table = txn.open_table(DEAD_LETTER)?;
         let mut out = Vec::new();
@@ -463,6 +490,26 @@ fn open_database(path: &Path, options: &WalOptions) -> Result<Database, OpenErro
     // Crash tests abort in the middle of the repair that follows an unclean stop.
     #[cfg(feature = "failpoints")]
     builder.set_repair_callback(|_| failpoint("wal-during-repair"));
+    // Crash tests make fsync slow or fail through a control file (see `faults`).
+    #[cfg(feature = "failpoints")]
+    if let Some(control) = faults::control_file() {
+        let io = |source| OpenError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io)?;
+        let backend = faults::FaultyBackend::new(file, control)
+            .map_err(|e| OpenError::from_database(path, e))?;
+        return builder
+            .create_with_backend(backend)
+            .map_err(|e| OpenError::from_database(path, e));
+    }
     builder
         .create(path)
         .map_err(|e| OpenError::from_database(path, e))

@@ -183,6 +183,38 @@ fn reopen_keeps_everything() {
     assert_eq!(wal.read_from(2, 10, usize::MAX).unwrap()[0].payload, b"b");
 }
 
+/// A reopen whose open fails leaves the WAL closed: commits and reads fail instead of
+/// landing in the in-memory placeholder (which would acknowledge records that are on
+/// no disk), and a later reopen brings everything back.
+#[test]
+fn failed_reopen_refuses_commits_until_a_reopen_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    wal.append(&[rec("t", b"a")]).unwrap();
+    let file = dir.path().join(FILE_NAME);
+    let aside = dir.path().join("aside");
+    // Make the next open fail: the file's path is a directory for a while.
+    std::fs::rename(&file, &aside).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    assert!(wal.reopen().is_err());
+    assert!(wal.is_closed());
+    let err = wal.append(&[rec("t", b"b")]).unwrap_err();
+    assert!(
+        matches!(err, CommitError::Storage(redb::Error::DatabaseClosed)),
+        "{err:?}"
+    );
+    assert!(wal.read_from(0, 10, usize::MAX).is_err());
+    std::fs::remove_dir(&file).unwrap();
+    std::fs::rename(&aside, &file).unwrap();
+    wal.reopen().unwrap();
+    assert!(!wal.is_closed());
+    assert_eq!(wal.append(&[rec("t", b"c")]).unwrap(), Some(2));
+    let all = wal.read_from(0, 10, usize::MAX).unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].payload, b"a");
+    assert_eq!(all[1].payload, b"c");
+}
+
 // ---- model-based test ------------------------------------------------------
 
 #[derive(Debug, Clone)]
