@@ -14,6 +14,7 @@ mod basic;
 mod config_errors;
 mod faults;
 mod mosquitto_restart;
+mod systemd;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gateway-under-test");
 
@@ -93,6 +94,7 @@ fn main() {
         faults::kafka_killed_and_paused_mid_stream,
         faults::failpoint_crashes_lose_nothing,
         mosquitto_restart::mosquitto_restarts_lose_nothing,
+        systemd::notify_ready_watchdog_stopping_and_stuck_loop,
     ];
     let trials = tests
         .into_iter()
