@@ -15,6 +15,7 @@ mod config_errors;
 mod faults;
 mod mosquitto_restart;
 mod systemd;
+mod unknown_topic;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gateway-under-test");
 
@@ -94,6 +95,7 @@ fn main() {
         faults::kafka_killed_and_paused_mid_stream,
         faults::failpoint_crashes_lose_nothing,
         mosquitto_restart::mosquitto_restarts_lose_nothing,
+        unknown_topic::unknown_topic_is_parked_rest_flows,
         systemd::notify_ready_watchdog_stopping_and_stuck_loop,
     ];
     let trials = tests

@@ -120,9 +120,14 @@ pub fn ensure_deps() {
 }
 
 fn run_script(script: &str, args: &[&str]) -> Result<(), String> {
+    run_script_env(script, args, &[])
+}
+
+fn run_script_env(script: &str, args: &[&str], env: &[(String, String)]) -> Result<(), String> {
     let out = Command::new("bash")
         .arg(repo_root().join("scripts").join(script))
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("cannot run {script}: {e}"))?;
@@ -216,6 +221,7 @@ pub struct Kafka {
     /// Client port.
     pub port: u16,
     controller_port: u16,
+    env: Vec<(String, String)>,
 }
 
 impl Kafka {
@@ -236,13 +242,49 @@ impl Kafka {
                 .unwrap(),
             port: free_port(),
             controller_port: free_port(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Topic auto-creation on or off (`scripts/kafka-local.sh` MKG_KAFKA_AUTO_CREATE)
+    /// for the next start.
+    pub fn auto_create(mut self, on: bool) -> Self {
+        self.env
+            .push(("MKG_KAFKA_AUTO_CREATE".into(), on.to_string()));
+        self
+    }
+
+    /// Extra `server.properties` lines (MKG_KAFKA_EXTRA_PROPS) for the next start.
+    pub fn server_props(mut self, lines: &str) -> Self {
+        self.env
+            .push(("MKG_KAFKA_EXTRA_PROPS".into(), lines.to_string()));
+        self
+    }
+
+    /// Create `topic` with `partitions` partitions (for brokers without auto-create).
+    pub fn create_topic(&self, topic: &str, partitions: i32) {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        use rdkafka::client::DefaultClientContext;
+        let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .create()
+            .expect("admin client");
+        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let res = runtime()
+            .block_on(admin.create_topics([&new], &opts))
+            .unwrap_or_else(|e| panic!("create topic {topic}: {e}"));
+        for r in res {
+            if let Err((t, e)) = r {
+                panic!("create topic {t}: {e}");
+            }
         }
     }
 
     /// Start (or restart, keeping its data).
     pub fn start_again(&self) {
         let dir = self.dir.path().to_str().unwrap().to_string();
-        run_script(
+        run_script_env(
             "kafka-local.sh",
             &[
                 "start",
@@ -250,6 +292,7 @@ impl Kafka {
                 &self.port.to_string(),
                 &self.controller_port.to_string(),
             ],
+            &self.env,
         )
         .unwrap_or_else(|e| panic!("{e}"));
     }
@@ -322,6 +365,14 @@ impl Gateway {
         g.restart();
         g.env.clear();
         g
+    }
+
+    /// Environment variables for the later restarts (replacing any set before).
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
     }
 
     /// Start the process (again).
