@@ -387,7 +387,10 @@ impl Retry<'_> {
                     }
                     self.shared.wal_writable.store(false, Relaxed);
                     self.shared.mqtt_accepting.store(false, Relaxed);
-                    state::set(&self.shared.wal_last_error, Some(why));
+                    // While a failed reopen left the WAL closed, keep its error shown.
+                    if !self.wal.is_closed() {
+                        state::set(&self.shared.wal_last_error, Some(why));
+                    }
                     let cancelled = self.rt.block_on(async {
                         tokio::select! {
                             _ = self.abort.cancelled() => true,
@@ -400,6 +403,10 @@ impl Retry<'_> {
                     delay = (delay * 2).min(Duration::from_secs(5));
                     if let Err(e) = self.wal.reopen() {
                         tracing::warn!(error = %e, "reopening the WAL failed; retrying");
+                        state::set(
+                            &self.shared.wal_last_error,
+                            Some(format!("reopening the WAL after a failed commit: {e}")),
+                        );
                         continue;
                     }
                     self.take_queued(dead, ack);

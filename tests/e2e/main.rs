@@ -16,6 +16,7 @@ mod faults;
 mod mosquitto_restart;
 mod systemd;
 mod unknown_topic;
+mod wal_faults;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gateway-under-test");
 
@@ -96,6 +97,8 @@ fn main() {
         faults::failpoint_crashes_lose_nothing,
         mosquitto_restart::mosquitto_restarts_lose_nothing,
         unknown_topic::unknown_topic_is_parked_rest_flows,
+        wal_faults::slow_fsync_sigkill_mid_commit_loses_nothing,
+        wal_faults::wal_io_errors_not_acked_then_reopened,
         systemd::notify_ready_watchdog_stopping_and_stuck_loop,
     ];
     let trials = tests

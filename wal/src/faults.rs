@@ -11,6 +11,8 @@
 //! * `sync_eio=N` — `sync_data` fails with EIO until N failures have been injected in
 //!   this process in total (raise N to inject more later).
 //! * `write_eio=N` — the same for `write`.
+//! * `sync_fail=1` / `write_fail=1` — every `sync_data` / `write` fails with EIO while
+//!   set (a disk that stays broken until the file is rewritten).
 //!
 //! A missing or empty file injects nothing. Each injected error is reported on stderr.
 
@@ -41,6 +43,8 @@ struct Control {
     sync_delay_ms: u64,
     sync_eio: u64,
     write_eio: u64,
+    sync_fail: bool,
+    write_fail: bool,
 }
 
 fn parse(text: &str) -> Control {
@@ -54,6 +58,8 @@ fn parse(text: &str) -> Control {
             "sync_delay_ms" => c.sync_delay_ms = v,
             "sync_eio" => c.sync_eio = v,
             "write_eio" => c.write_eio = v,
+            "sync_fail" => c.sync_fail = v != 0,
+            "write_fail" => c.write_fail = v != 0,
             _ => {}
         }
     }
@@ -116,6 +122,9 @@ impl StorageBackend for FaultyBackend {
         if c.sync_delay_ms > 0 {
             std::thread::sleep(Duration::from_millis(c.sync_delay_ms));
         }
+        if c.sync_fail {
+            return Err(eio("sync_data (sync_fail)"));
+        }
         if let Some(n) = take(&SYNC_EIO_INJECTED, c.sync_eio) {
             return Err(eio(&format!("sync_data #{n} of {}", c.sync_eio)));
         }
@@ -124,6 +133,9 @@ impl StorageBackend for FaultyBackend {
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
         let c = self.control();
+        if c.write_fail {
+            return Err(eio("write (write_fail)"));
+        }
         if let Some(n) = take(&WRITE_EIO_INJECTED, c.write_eio) {
             return Err(eio(&format!("write #{n} of {}", c.write_eio)));
         }
@@ -171,11 +183,13 @@ mod tests {
     fn parses_control_text() {
         assert_eq!(parse(""), Control::default());
         assert_eq!(
-            parse("sync_delay_ms=3000 sync_eio=2\nwrite_eio=1 junk x=y"),
+            parse("sync_delay_ms=3000 sync_eio=2\nwrite_eio=1 sync_fail=1 junk x=y"),
             Control {
                 sync_delay_ms: 3000,
                 sync_eio: 2,
-                write_eio: 1
+                write_eio: 1,
+                sync_fail: true,
+                write_fail: false,
             }
         );
     }
