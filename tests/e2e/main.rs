@@ -11,6 +11,7 @@ use harness::{payload, unique, Kafka};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 mod basic;
+mod clock;
 mod config_errors;
 mod faults;
 mod mosquitto_restart;
@@ -99,6 +100,7 @@ fn main() {
         unknown_topic::unknown_topic_is_parked_rest_flows,
         wal_faults::slow_fsync_sigkill_mid_commit_loses_nothing,
         wal_faults::wal_io_errors_not_acked_then_reopened,
+        clock::clock_jumps_back_and_forward_lose_nothing,
         systemd::notify_ready_watchdog_stopping_and_stuck_loop,
     ];
     let trials = tests
