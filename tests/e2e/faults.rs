@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use harness::checker::{check_with_faults, FaultEvent};
 use harness::{
     check, consume, distinct_ids, publish, unique, wait_until, Gateway, Kafka, Mosquitto,
 };
@@ -77,6 +78,7 @@ pub fn sigkill_mid_stream_loses_nothing() -> Result<(), Failed> {
     let msgs = messages("kill", &topics, 20_000, 256);
     let port = m.port;
     let publisher = std::thread::spawn(move || publish(port, 1, &msgs, Duration::from_secs(180)));
+    let mut events = Vec::new();
     // Kill in the middle of the stream, twice.
     for round in 0..2 {
         let admin = gw.admin;
@@ -92,6 +94,7 @@ pub fn sigkill_mid_stream_loses_nothing() -> Result<(), Failed> {
                     .is_some_and(|n| n >= want)
             },
         );
+        events.push(FaultEvent::now("gateway SIGKILL"));
         gw.sigkill();
         gw.restart();
         gw.wait_ready();
@@ -106,7 +109,7 @@ pub fn sigkill_mid_stream_loses_nothing() -> Result<(), Failed> {
         Duration::from_secs(180),
         |r| distinct_ids(r) >= 20_000,
     );
-    let report = check(&published, &consumed);
+    let report = check_with_faults(&published, &consumed, &events);
     eprintln!("{report}");
     if !report.lost.is_empty() {
         eprintln!("status: {}", gw.json("/status"));
@@ -310,6 +313,7 @@ pub fn failpoint_crashes_lose_nothing() -> Result<(), Failed> {
                 )));
             }
         };
+        let events = [FaultEvent::now(format!("failpoint {point}"))];
         if status.success() || !gw.log().contains(&format!("failpoint {point}")) {
             return Err(fail(format!(
                 "{point}: did not crash at the failpoint ({status}):\n{}",
@@ -331,7 +335,7 @@ pub fn failpoint_crashes_lose_nothing() -> Result<(), Failed> {
             Duration::from_secs(120),
             |r| distinct_ids(r) >= 6_000,
         );
-        let report = check(&published, &consumed);
+        let report = check_with_faults(&published, &consumed, &events);
         eprintln!("{point}: {report}");
         report.assert_clean();
     }

@@ -15,6 +15,7 @@ mod clock;
 mod config_errors;
 mod faults;
 mod mosquitto_restart;
+mod outage;
 mod systemd;
 mod unknown_topic;
 mod wal_faults;
@@ -101,6 +102,7 @@ fn main() {
         wal_faults::slow_fsync_sigkill_mid_commit_loses_nothing,
         wal_faults::wal_io_errors_not_acked_then_reopened,
         clock::clock_jumps_back_and_forward_lose_nothing,
+        outage::kafka_down_for_minutes_while_traffic_continues,
         systemd::notify_ready_watchdog_stopping_and_stuck_loop,
     ];
     let trials = tests

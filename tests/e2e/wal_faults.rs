@@ -6,7 +6,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use harness::{check, consume, distinct_ids, publish, unique, wait_until, Gateway, Mosquitto};
+use harness::checker::{check_with_faults, now_ms, FaultEvent};
+use harness::{consume, distinct_ids, publish, unique, wait_until, Gateway, Mosquitto};
 use libtest_mimic::Failed;
 
 use crate::{bin, config, fail, kafka, messages};
@@ -56,6 +57,7 @@ pub fn slow_fsync_sigkill_mid_commit_loses_nothing() -> Result<(), Failed> {
     let publisher = std::thread::spawn(move || publish(port, 1, &msgs, Duration::from_secs(180)));
     // Wait until a commit is under way with messages waiting behind it: received
     // more than committed, and at least one slow commit done.
+    let slow_from = now_ms();
     wait_until(
         "messages received beyond what is committed, after a slow commit",
         Duration::from_secs(60),
@@ -74,6 +76,11 @@ pub fn slow_fsync_sigkill_mid_commit_loses_nothing() -> Result<(), Failed> {
         c["wal_records_committed"].as_u64().unwrap_or(0),
         c["mqtt_messages_acked"].as_u64().unwrap_or(0),
     );
+    let events = [FaultEvent {
+        at_ms: slow_from,
+        until_ms: now_ms(),
+        kind: "slow fsync, then SIGKILL".into(),
+    }];
     gw.sigkill();
     eprintln!("at SIGKILL: received {received}, committed {committed}, acked {acked}");
     if acked > committed {
@@ -95,7 +102,7 @@ pub fn slow_fsync_sigkill_mid_commit_loses_nothing() -> Result<(), Failed> {
         Duration::from_secs(120),
         |r| distinct_ids(r) >= 4_000,
     );
-    let report = check(&published, &consumed);
+    let report = check_with_faults(&published, &consumed, &events);
     eprintln!("slow fsync + SIGKILL: {report}");
     report.assert_clean();
     Ok(())
@@ -131,6 +138,7 @@ pub fn wal_io_errors_not_acked_then_reopened() -> Result<(), Failed> {
     );
 
     // 1. Transient: 3 failed writes and 3 failed fsyncs.
+    let t1 = now_ms();
     control(&ctl, "write_eio=3 sync_eio=3")?;
     published.extend(publish(
         m.port,
@@ -147,8 +155,14 @@ pub fn wal_io_errors_not_acked_then_reopened() -> Result<(), Failed> {
         || counter(admin, "mqtt_messages_acked") >= 1_500,
     );
     let transient_errors = counter(admin, "wal_commit_errors");
+    let mut events = vec![FaultEvent {
+        at_ms: t1,
+        until_ms: now_ms(),
+        kind: "transient EIO".into(),
+    }];
 
     // 2. Persistent: fsync fails until the control file is cleared.
+    let t2 = now_ms();
     control(&ctl, "sync_fail=1")?;
     let acked_before = counter(admin, "mqtt_messages_acked");
     let port = m.port;
@@ -198,6 +212,11 @@ pub fn wal_io_errors_not_acked_then_reopened() -> Result<(), Failed> {
     wait_until("/readyz ready again", Duration::from_secs(60), || {
         harness::http_get(admin, "/readyz").is_ok_and(|(s, _)| s == 200)
     });
+    events.push(FaultEvent {
+        at_ms: t2,
+        until_ms: now_ms(),
+        kind: "fsync failing".into(),
+    });
     published.extend(publisher.join().map_err(|_| fail("publisher panicked"))?);
     if published.len() != 2_500 {
         return Err(fail(format!("broker acked {} of 2500", published.len())));
@@ -208,7 +227,7 @@ pub fn wal_io_errors_not_acked_then_reopened() -> Result<(), Failed> {
         Duration::from_secs(120),
         |r| distinct_ids(r) >= 2_500,
     );
-    let report = check(&published, &consumed);
+    let report = check_with_faults(&published, &consumed, &events);
     let log = gw.log();
     eprintln!(
         "I/O errors: {report}; failed commits: {transient_errors} transient, {} in all; received while broken {received_during}, acked {acked_during}",

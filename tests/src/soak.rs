@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::checker::{check_with_faults, now_ms, BacklogSampler, BacklogSeries, FaultEvent};
 use crate::{
-    check, consume, payload, publish, unique, until_distinct, wait_until, Gateway, Kafka,
-    Mosquitto, Published, Report,
+    consume, payload, publish, unique, until_distinct, wait_until, Gateway, Kafka, Mosquitto,
+    Published, Report,
 };
 
 /// Faults the soak injects.
@@ -37,6 +38,10 @@ pub struct SoakReport {
     pub max_backlog: u64,
     /// Time from the end of the last fault until everything was in Kafka.
     pub drain_time: Duration,
+    /// `/backlog` sampled every 250 ms over the run.
+    pub backlog: BacklogSeries,
+    /// Time from the end of the last fault until `/backlog` showed 0, if seen.
+    pub backlog_drain: Option<Duration>,
     /// Wall time of the run.
     pub elapsed: Duration,
 }
@@ -56,9 +61,10 @@ impl fmt::Display for SoakReport {
         )?;
         writeln!(
             f,
-            "max backlog: {} records; drain after last fault: {:.1?}",
-            self.max_backlog, self.drain_time
+            "max backlog: {} records; all in Kafka {:.1?} after the last fault; /backlog at 0 after {:?}",
+            self.max_backlog, self.drain_time, self.backlog_drain
         )?;
+        writeln!(f, "backlog over time: {}", self.backlog.compact(40))?;
         write!(f, "{}", self.report)
     }
 }
@@ -74,8 +80,8 @@ impl Rng {
     }
 }
 
-fn backlog(gw: &Gateway) -> Option<u64> {
-    crate::http_get(gw.admin, "/backlog")
+fn backlog(admin: std::net::SocketAddr) -> Option<u64> {
+    crate::http_get(admin, "/backlog")
         .ok()
         .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
         .and_then(|v| v["records"].as_u64())
@@ -146,16 +152,11 @@ grace_period = "5s"
     };
 
     let mut faults = Vec::new();
-    let mut max_backlog = 0u64;
+    let mut events: Vec<FaultEvent> = Vec::new();
+    let sampler = BacklogSampler::start(Arc::new(Mutex::new(gw.admin)), Duration::from_millis(250));
     while started.elapsed() + Duration::from_secs(5) < duration {
-        let wait = Duration::from_millis(500 + rng.below(2500));
-        let until = Instant::now() + wait;
-        while Instant::now() < until {
-            if let Some(b) = backlog(&gw) {
-                max_backlog = max_backlog.max(b);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        // The time between faults is the schedule itself (the only fixed wait).
+        std::thread::sleep(Duration::from_millis(500 + rng.below(2500)));
         let fault = match rng.below(4) {
             0 => Fault::KillGateway,
             1 => Fault::TermGateway,
@@ -163,6 +164,7 @@ grace_period = "5s"
             _ => Fault::PauseKafka,
         };
         faults.push((started.elapsed(), fault));
+        let fault_start = now_ms();
         match fault {
             Fault::KillGateway => {
                 gw.sigkill();
@@ -195,10 +197,16 @@ grace_period = "5s"
                 }
             }
         }
+        events.push(FaultEvent {
+            at_ms: fault_start,
+            until_ms: now_ms(),
+            kind: format!("{fault:?}"),
+        });
     }
     stop.store(true, Ordering::Relaxed);
     publisher.join().expect("publisher");
     let last_fault_end = Instant::now();
+    let last_fault_end_ms = now_ms();
     let published = std::mem::take(&mut *published.lock().unwrap());
     let n = published.len();
     let consumed = consume(
@@ -208,12 +216,23 @@ grace_period = "5s"
         until_distinct(n),
     );
     let drain_time = last_fault_end.elapsed();
-    let report = check(&published, &consumed);
+    let admin = gw.admin;
+    wait_until(
+        "/backlog at 0 after the run",
+        Duration::from_secs(120),
+        || backlog(admin) == Some(0),
+    );
+    let series = sampler.finish();
+    let report = check_with_faults(&published, &consumed, &events);
     SoakReport {
         report,
         faults,
-        max_backlog,
+        max_backlog: series.max(),
         drain_time,
+        backlog_drain: series
+            .drain_ms(last_fault_end_ms)
+            .map(Duration::from_millis),
+        backlog: series,
         elapsed: started.elapsed(),
     }
 }
