@@ -1,4 +1,4 @@
-//! MQTT load generator for the throughput benchmark (`scripts/bench-e2e.sh`).
+//! MQTT load generator of the benchmarks (`scripts/bench.sh`, docs/BENCHMARKS.md).
 //!
 //! ```text
 //! loadgen --port 1883 [--host 127.0.0.1] --publishers 4 --messages 2000000 \
@@ -10,7 +10,8 @@
 //! QoS 1/2 messages in flight) and publishes its share of `--messages` (the first
 //! `messages % publishers` publishers send one more). Payloads are the checker's format
 //! (`harness::payload`): `PUBID:SEQ:` padded with `x` to `--size` bytes, PUBID being
-//! `RUNID-I`. Publisher I spreads its messages round robin over `--topics` topics
+//! `RUNID-I`; the padding starts with the send time in Unix microseconds and a colon
+//! (`PUBID:SEQ:MICROS:xxx...`), which the `latency` tool reads back from Kafka. Publisher I spreads its messages round robin over `--topics` topics
 //! `PREFIX/I/T`. All publishers connect first and start together. `--rate` caps the
 //! total offered rate (each publisher paces itself at RATE / K messages/s); without it
 //! they publish as fast as the broker takes them.
@@ -176,13 +177,22 @@ async fn publisher(
         let began = tokio::time::Instant::now();
         tokio::spawn(async move {
             for seq in 0..count {
-                if per_pub > 0.0 && seq % 64 == 0 {
+                // Pace every message (not in bursts): the latency benchmark needs an
+                // even offered load.
+                if per_pub > 0.0 {
                     let due = began + Duration::from_secs_f64(seq as f64 / per_pub);
-                    tokio::time::sleep_until(due).await;
+                    if due > tokio::time::Instant::now() {
+                        tokio::time::sleep_until(due).await;
+                    }
                 }
                 // The checker's payload format (harness::payload), built without the
-                // byte-by-byte loop.
-                let mut p = format!("{pubid}:{seq}:").into_bytes();
+                // byte-by-byte loop, with the send time (Unix µs) as the first filler
+                // field, for the latency meter (`latency`).
+                let sent_us = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_micros() as u64)
+                    .unwrap_or(0);
+                let mut p = format!("{pubid}:{seq}:{sent_us}:").into_bytes();
                 if p.len() < a.size {
                     p.resize(a.size, b'x');
                 }
