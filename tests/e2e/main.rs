@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 use harness::{payload, unique, Kafka};
 use libtest_mimic::{Arguments, Failed, Trial};
 
+mod bad_input;
 mod basic;
 mod clock;
 mod config_errors;
@@ -103,6 +104,7 @@ fn main() {
         wal_faults::wal_io_errors_not_acked_then_reopened,
         clock::clock_jumps_back_and_forward_lose_nothing,
         outage::kafka_down_for_minutes_while_traffic_continues,
+        bad_input::retained_message_and_bad_admin_requests,
         systemd::notify_ready_watchdog_stopping_and_stuck_loop,
     ];
     let trials = tests
