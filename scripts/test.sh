@@ -7,3 +7,4 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 bash scripts/install-deps.sh >/dev/null
 cargo test --workspace --locked "$@"
+bash scripts/test-deb.sh
