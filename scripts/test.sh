@@ -8,3 +8,4 @@ export PATH="$HOME/.cargo/bin:$PATH"
 bash scripts/install-deps.sh >/dev/null
 cargo test --workspace --locked "$@"
 bash scripts/test-deb.sh
+bash scripts/cross-smoke.sh # aarch64 cross build (Debian rustc-web) + qemu end-to-end smoke: docs/CROSS.md
