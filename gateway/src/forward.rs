@@ -455,9 +455,9 @@ impl Forwarder {
     fn dead_letter(&mut self, seq: u64, reason: String) {
         // Sent on the same channel before any ack covering `seq`: the WAL thread moves
         // it before it could delete it (rule 3).
-        if self
-            .wal_tx
-            .blocking_send(WalCmd::DeadLetter(seq, reason))
+        let hb = &self.shared.heartbeats.forward;
+        if hb
+            .waiting_on_wal(|| self.wal_tx.blocking_send(WalCmd::DeadLetter(seq, reason)))
             .is_err()
         {
             tracing::error!(seq, "WAL thread gone; record stays in the WAL");
@@ -484,8 +484,11 @@ impl Forwarder {
         {
             #[cfg(feature = "failpoints")]
             crate::failpoint("forward-before-wal-ack");
-            self.wal_tx
-                .blocking_send(WalCmd::AckUpTo(self.watermark))
+            let ack = WalCmd::AckUpTo(self.watermark);
+            self.shared
+                .heartbeats
+                .forward
+                .waiting_on_wal(|| self.wal_tx.blocking_send(ack))
                 .map_err(|_| anyhow::anyhow!("WAL thread stopped"))?;
             self.acked_sent = self.watermark;
             self.last_ack = Instant::now();

@@ -146,7 +146,11 @@ pub async fn run(
                     dup: p.dup,
                     receive_time_ms: now_ms(),
                 };
-                if wal_tx.send(WalCmd::Append(pending)).await.is_err() {
+                let send = wal_tx.send(WalCmd::Append(pending));
+                if state::beating(&shared.heartbeats.ingest, send)
+                    .await
+                    .is_err()
+                {
                     anyhow::bail!("WAL thread stopped");
                 }
             }

@@ -44,11 +44,17 @@ fn epoch() -> Instant {
 /// A loop beats on every turn and every [`HEARTBEAT_TICK`] while it waits, so an
 /// outage (a broker down, nothing to do) is not a hang; a stuck loop goes silent.
 #[derive(Debug)]
-pub struct Heartbeat(AtomicU64);
+pub struct Heartbeat {
+    last_ms: AtomicU64,
+    waiting_on_wal: AtomicBool,
+}
 
 impl Default for Heartbeat {
     fn default() -> Self {
-        let h = Self(AtomicU64::new(0));
+        let h = Self {
+            last_ms: AtomicU64::new(0),
+            waiting_on_wal: AtomicBool::new(false),
+        };
         h.beat();
         h
     }
@@ -57,13 +63,31 @@ impl Default for Heartbeat {
 impl Heartbeat {
     /// The loop is alive now.
     pub fn beat(&self) {
-        self.0.store(epoch().elapsed().as_millis() as u64, Relaxed);
+        self.last_ms
+            .store(epoch().elapsed().as_millis() as u64, Relaxed);
     }
 
     /// Time since the last beat.
     pub fn age(&self) -> Duration {
         let now = epoch().elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.0.load(Relaxed)))
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Relaxed)))
+    }
+
+    /// Run `f`, a blocking send to the WAL thread's (full) channel. Meanwhile the
+    /// loop counts as alive: it waits for the WAL thread, whose own heartbeat shows
+    /// whether that one is stuck (it keeps beating while a full disk holds it up).
+    pub fn waiting_on_wal<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.waiting_on_wal.store(true, Relaxed);
+        let r = f();
+        self.waiting_on_wal.store(false, Relaxed);
+        self.beat();
+        r
+    }
+
+    /// Silent for longer than `limit` (and not just waiting for the WAL thread).
+    fn stale(&self, limit: Duration) -> Option<Duration> {
+        let age = self.age();
+        (age > limit && !self.waiting_on_wal.load(Relaxed)).then_some(age)
     }
 }
 
@@ -97,12 +121,12 @@ impl Heartbeats {
     /// The loop that has been silent longest, if longer than `limit`.
     pub fn stale(&self, limit: Duration) -> Option<(&'static str, Duration)> {
         [
-            ("WAL writer", self.wal.age()),
-            ("MQTT ingest", self.ingest.age()),
-            ("Kafka forwarder", self.forward.age()),
+            ("WAL writer", self.wal.stale(limit)),
+            ("MQTT ingest", self.ingest.stale(limit)),
+            ("Kafka forwarder", self.forward.stale(limit)),
         ]
         .into_iter()
-        .filter(|(_, age)| *age > limit)
+        .filter_map(|(name, age)| Some((name, age?)))
         .max_by_key(|(_, age)| *age)
     }
 }
@@ -228,5 +252,39 @@ impl admin::Source for AdminView {
                 kafka_producer_rebuilds: c.kafka_producer_rebuilds.load(Relaxed),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Make a heartbeat look fresh (age 0) or silent since the epoch.
+    fn set(h: &Heartbeat, fresh: bool) {
+        h.last_ms.store(if fresh { u64::MAX } else { 0 }, Relaxed);
+    }
+
+    #[test]
+    fn stale_names_the_silent_loop_unless_it_waits_for_the_wal() {
+        let _ = epoch();
+        std::thread::sleep(Duration::from_millis(5));
+        let h = Heartbeats::default();
+        for b in [&h.wal, &h.ingest, &h.forward] {
+            set(b, true);
+        }
+        assert_eq!(h.stale(Duration::ZERO), None);
+        set(&h.forward, false);
+        assert_eq!(
+            h.stale(Duration::ZERO).map(|(name, _)| name),
+            Some("Kafka forwarder")
+        );
+        // Blocked on a full WAL channel: alive as long as the WAL thread is.
+        let inside = h.forward.waiting_on_wal(|| h.stale(Duration::ZERO));
+        assert_eq!(inside, None);
+        set(&h.wal, false);
+        let inside = h.forward.waiting_on_wal(|| h.stale(Duration::ZERO));
+        assert_eq!(inside.map(|(name, _)| name), Some("WAL writer"));
+        // Leaving the wait counts as a beat.
+        assert!(h.forward.age() < Duration::from_secs(60));
     }
 }
