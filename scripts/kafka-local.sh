@@ -41,8 +41,13 @@ START_TIMEOUT="${MKG_KAFKA_START_TIMEOUT:-90}"
 AUTO_CREATE="${MKG_KAFKA_AUTO_CREATE:-true}"
 STOP_TIMEOUT="${MKG_KAFKA_STOP_TIMEOUT:-30}"
 
-log() { echo "[kafka-local] $*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+LOG_TAG=kafka-local
+DAEMON=Kafka
+PID_FILE=kafka.pid
+CMDLINE_MATCH='kafka\.Kafka'
+POLL=0.05
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
     cat >&2 <<EOF
@@ -51,30 +56,6 @@ usage: $0 start DATA_DIR PORT CONTROLLER_PORT
        $0 status DATA_DIR
 EOF
     exit 2
-}
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-now_ms() { date +%s%3N; }
-
-# kill -0 also succeeds for a zombie whose parent never reaps it; treat that as dead.
-alive() {
-    kill -0 "$1" 2>/dev/null || return 1
-    local state
-    state="$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null)" || return 1
-    state="${state%% *}"
-    [[ $state != Z ]]
-}
-
-# pid from DATA_DIR/kafka.pid if that process is alive and is our broker.
-running_pid() {
-    local pidfile="$1/kafka.pid" pid
-    [[ -f $pidfile ]] || return 1
-    pid="$(cat "$pidfile")"
-    [[ $pid =~ ^[0-9]+$ ]] || return 1
-    alive "$pid" || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'kafka\.Kafka' || return 1
-    echo "$pid"
 }
 
 java_opts() {
@@ -198,46 +179,4 @@ EOF
     log "Kafka ready on 127.0.0.1:$port (pid $pid; format $((t1 - t0))ms, broker start $((t2 - t1))ms)"
 }
 
-cmd_stop() {
-    [[ $# -eq 1 ]] || usage
-    local data_dir="$1" pid
-    if ! pid="$(running_pid "$data_dir")"; then
-        log "Kafka not running for $data_dir"
-        rm -f "$data_dir/kafka.pid"
-        return 0
-    fi
-    log "stopping Kafka (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$(($(now_ms) + STOP_TIMEOUT * 1000))
-    while alive "$pid"; do
-        if (($(now_ms) > deadline)); then
-            log "no exit after ${STOP_TIMEOUT}s, sending SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-            deadline=$(($(now_ms) + 10000))
-        fi
-        sleep 0.05
-    done
-    rm -f "$data_dir/kafka.pid"
-    log "Kafka stopped"
-}
-
-cmd_status() {
-    [[ $# -eq 1 ]] || usage
-    local pid
-    if pid="$(running_pid "$1")"; then
-        echo "running (pid $pid)"
-    else
-        echo "stopped"
-        return 1
-    fi
-}
-
-[[ $# -ge 1 ]] || usage
-cmd="$1"
-shift
-case "$cmd" in
-start) cmd_start "$@" ;;
-stop) cmd_stop "$@" ;;
-status) cmd_status "$@" ;;
-*) usage ;;
-esac
+dispatch "$@"

@@ -20,8 +20,13 @@ MOSQUITTO="${MKG_MOSQUITTO:-mosquitto}"
 START_TIMEOUT="${MKG_MOSQUITTO_START_TIMEOUT:-15}"
 STOP_TIMEOUT="${MKG_MOSQUITTO_STOP_TIMEOUT:-15}"
 
-log() { echo "[mosquitto-local] $*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+LOG_TAG=mosquitto-local
+DAEMON=mosquitto
+PID_FILE=mosquitto.pid
+CMDLINE_MATCH=mosquitto
+POLL=0.02
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
     cat >&2 <<EOF
@@ -30,28 +35,6 @@ usage: $0 start DATA_DIR PORT
        $0 status DATA_DIR
 EOF
     exit 2
-}
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-now_ms() { date +%s%3N; }
-
-alive() {
-    kill -0 "$1" 2>/dev/null || return 1
-    local state
-    state="$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null)" || return 1
-    state="${state%% *}"
-    [[ $state != Z ]]
-}
-
-running_pid() {
-    local pidfile="$1/mosquitto.pid" pid
-    [[ -f $pidfile ]] || return 1
-    pid="$(cat "$pidfile")"
-    [[ $pid =~ ^[0-9]+$ ]] || return 1
-    alive "$pid" || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'mosquitto' || return 1
-    echo "$pid"
 }
 
 cmd_start() {
@@ -115,46 +98,4 @@ EOF
     log "mosquitto ready on 127.0.0.1:$port (pid $pid, $(($(now_ms) - t0))ms)"
 }
 
-cmd_stop() {
-    [[ $# -eq 1 ]] || usage
-    local data_dir="$1" pid
-    if ! pid="$(running_pid "$data_dir")"; then
-        log "mosquitto not running for $data_dir"
-        rm -f "$data_dir/mosquitto.pid"
-        return 0
-    fi
-    log "stopping mosquitto (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$(($(now_ms) + STOP_TIMEOUT * 1000))
-    while alive "$pid"; do
-        if (($(now_ms) > deadline)); then
-            log "no exit after ${STOP_TIMEOUT}s, sending SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-            deadline=$(($(now_ms) + 10000))
-        fi
-        sleep 0.02
-    done
-    rm -f "$data_dir/mosquitto.pid"
-    log "mosquitto stopped"
-}
-
-cmd_status() {
-    [[ $# -eq 1 ]] || usage
-    local pid
-    if pid="$(running_pid "$1")"; then
-        echo "running (pid $pid)"
-    else
-        echo "stopped"
-        return 1
-    fi
-}
-
-[[ $# -ge 1 ]] || usage
-cmd="$1"
-shift
-case "$cmd" in
-start) cmd_start "$@" ;;
-stop) cmd_stop "$@" ;;
-status) cmd_status "$@" ;;
-*) usage ;;
-esac
+dispatch "$@"
