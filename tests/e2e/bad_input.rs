@@ -7,10 +7,11 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use harness::{check, consume, distinct_ids, publish, unique, Gateway, Mosquitto, Published};
+use harness::{check, Published};
 use libtest_mimic::Failed;
 
-use crate::{bin, config, fail, kafka, messages};
+use crate::common::Site;
+use crate::{fail, kafka, messages};
 
 /// Send raw bytes, return what came back (until close or 5 s).
 fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
@@ -25,10 +26,7 @@ fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
 }
 
 pub fn retained_message_and_bad_admin_requests() -> Result<(), Failed> {
-    let k = kafka();
-    let m = Mosquitto::start();
-    let dir = tempfile::tempdir()?;
-    let topic = unique("bad");
+    let site = Site::new(kafka(), "bad")?;
     // A retained message published before the gateway subscribes: the broker hands it
     // over with the retain flag set when the gateway subscribes.
     let retained = harness::payload("ret", 0, 64);
@@ -37,7 +35,7 @@ pub fn retained_message_and_bad_admin_requests() -> Result<(), Failed> {
             "-h",
             "127.0.0.1",
             "-p",
-            &m.port.to_string(),
+            &site.mqtt.port.to_string(),
             "-q",
             "1",
             "-r",
@@ -58,10 +56,7 @@ pub fn retained_message_and_bad_admin_requests() -> Result<(), Failed> {
             String::from_utf8_lossy(&out.stderr)
         )));
     }
-    let cfg = config(m.port, &k.bootstrap(), "")
-        .replace("[kafka]\n", &format!("[kafka]\ntopic = \"{topic}\"\n"));
-    let mut gw = Gateway::start(bin(), dir.path(), &cfg);
-    gw.wait_ready();
+    let mut gw = site.gateway();
     let admin = gw.admin;
 
     // Admin HTTP bad input over the wire.
@@ -101,18 +96,11 @@ pub fn retained_message_and_bad_admin_requests() -> Result<(), Failed> {
         topic: "r/state".into(),
         payload: retained.clone(),
     }];
-    published.extend(publish(
-        m.port,
-        1,
+    published.extend(site.publish(
         &messages("after", &["a/1".into()], 200, 100),
         Duration::from_secs(60),
     ));
-    let consumed = consume(
-        &k.bootstrap(),
-        &[topic.as_str()],
-        Duration::from_secs(60),
-        |r| distinct_ids(r) >= 201,
-    );
+    let consumed = site.consume(201, Duration::from_secs(60));
     let report = check(&published, &consumed);
     eprintln!("retained + after bad admin requests: {report}");
     report.assert_clean();

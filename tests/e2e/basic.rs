@@ -3,33 +3,28 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use harness::{check, consume, distinct_ids, publish, unique, wait_until, Gateway, Mosquitto};
+use harness::{check, consume, distinct_ids, publish, unique, wait_until};
 use libtest_mimic::Failed;
 
-use crate::{bin, config, fail, kafka, messages};
+use crate::common::{kcat_read, Site};
+use crate::{fail, kafka, messages};
 
 pub fn ten_thousand_qos1_messages_mapped_keyed_ordered() -> Result<(), Failed> {
     let k = kafka();
-    let m = Mosquitto::start();
-    let dir = tempfile::tempdir()?;
+    let site = Site::new(k, "fallback")?;
+    let default = site.topic.clone();
     let fixed = unique("alarms");
     let prefix = unique("tpl").replace('-', "_");
-    let default = unique("fallback");
     // Routes: a fixed topic, a template, and the default topic.
-    let cfg = config(m.port, &k.bootstrap(), "")
-        .replace(
-            "[kafka]\n",
-            &format!(
-                "[kafka]\ntopic = \"{default}\"\n\
-                 routes = [\n\
-                 {{ mqtt_filter = \"site/alarm/#\", kafka_topic = \"{fixed}\" }},\n\
-                 {{ mqtt_filter = \"site/sensor/+\", kafka_topic_template = \"{prefix}.{{mqtt_topic}}\" }},\n\
-                 ]\n"
-            ),
-        )
+    let cfg = site
+        .config_with(&format!(
+            "routes = [\n\
+             {{ mqtt_filter = \"site/alarm/#\", kafka_topic = \"{fixed}\" }},\n\
+             {{ mqtt_filter = \"site/sensor/+\", kafka_topic_template = \"{prefix}.{{mqtt_topic}}\" }},\n\
+             ]\n"
+        ))
         .replace("[mqtt]\n", "[mqtt]\ntopics = [{ filter = \"site/#\", qos = 1 }]\n");
-    let mut gw = Gateway::start(bin(), dir.path(), &cfg);
-    gw.wait_ready();
+    let gw = site.gateway_with(&cfg, &[]);
 
     let topics: Vec<String> = vec![
         "site/alarm/door".into(),
@@ -39,14 +34,7 @@ pub fn ten_thousand_qos1_messages_mapped_keyed_ordered() -> Result<(), Failed> {
         "site/other".into(),
     ];
     let msgs = messages("a", &topics, 10_000, 256);
-    let published = publish(m.port, 1, &msgs, Duration::from_secs(120));
-    if published.len() != msgs.len() {
-        return Err(fail(format!(
-            "broker acked {} of {}",
-            published.len(),
-            msgs.len()
-        )));
-    }
+    let published = site.publish_all(&msgs, Duration::from_secs(120))?;
     let t1 = format!("{prefix}.site.sensor.t1");
     let t2 = format!("{prefix}.site.sensor.t2");
     let kafka_topics = [fixed.as_str(), t1.as_str(), t2.as_str(), default.as_str()];
@@ -63,23 +51,8 @@ pub fn ten_thousand_qos1_messages_mapped_keyed_ordered() -> Result<(), Failed> {
             .output()?;
         eprintln!("topics: {}", String::from_utf8_lossy(&out.stdout));
         for t in kafka_topics {
-            let out = std::process::Command::new("kcat")
-                .args([
-                    "-b",
-                    &k.bootstrap(),
-                    "-C",
-                    "-t",
-                    t,
-                    "-e",
-                    "-q",
-                    "-f",
-                    "%p %k\n",
-                ])
-                .output()?;
-            eprintln!(
-                "{t}: {} records",
-                String::from_utf8_lossy(&out.stdout).lines().count()
-            );
+            let out = kcat_read(&k.bootstrap(), t, "%p %k\n")?;
+            eprintln!("{t}: {} records", out.lines().count());
         }
     }
     report.assert_clean();
@@ -143,21 +116,16 @@ pub fn ten_thousand_qos1_messages_mapped_keyed_ordered() -> Result<(), Failed> {
 }
 
 pub fn qos0_qos2_binary_and_empty_payloads() -> Result<(), Failed> {
-    let k = kafka();
-    let m = Mosquitto::start();
-    let dir = tempfile::tempdir()?;
-    let topic = unique("mixed");
-    let cfg = config(m.port, &k.bootstrap(), "")
-        .replace("[kafka]\n", &format!("[kafka]\ntopic = \"{topic}\"\n"))
-        .replace(
-            "[mqtt]\n",
-            "[mqtt]\ntopics = [{ filter = \"q2/#\", qos = 2 }, { filter = \"q0/#\", qos = 0 }, { filter = \"odd/#\", qos = 1 }]\n",
-        );
-    let mut gw = Gateway::start(bin(), dir.path(), &cfg);
-    gw.wait_ready();
+    let site = Site::new(kafka(), "mixed")?;
+    let cfg = site.config().replace(
+        "[mqtt]\n",
+        "[mqtt]\ntopics = [{ filter = \"q2/#\", qos = 2 }, { filter = \"q0/#\", qos = 0 }, { filter = \"odd/#\", qos = 1 }]\n",
+    );
+    let _gw = site.gateway_with(&cfg, &[]);
+    let port = site.mqtt.port;
 
     let q2 = publish(
-        m.port,
+        port,
         2,
         &(0..200)
             .map(|i| ("q2/dev".to_string(), harness::payload("q2", i, 64)))
@@ -168,35 +136,28 @@ pub fn qos0_qos2_binary_and_empty_payloads() -> Result<(), Failed> {
     let mut binary = harness::payload("bin", 0, 0);
     binary.extend_from_slice(&[0, 159, 146, 150, 255, 0]);
     let odd_topic = "odd/ünï cödé/+plus#hash".replace(['+', '#'], "_");
-    let odd = publish(
-        m.port,
-        1,
+    let odd = site.publish(
         &[(odd_topic.clone(), binary.clone())],
         Duration::from_secs(30),
     );
     let q0 = publish(
-        m.port,
+        port,
         0,
         &(0..50)
             .map(|i| ("q0/dev".to_string(), harness::payload("q0", i, 32)))
             .collect::<Vec<_>>(),
         Duration::from_secs(30),
     );
-    let empty = publish(
-        m.port,
-        1,
+    let empty = site.publish(
         &[("odd/empty".to_string(), Vec::new())],
         Duration::from_secs(30),
     );
     if q2.len() != 200 || odd.len() != 1 || empty.len() != 1 {
         return Err(fail("broker did not ack everything"));
     }
-    let consumed = consume(
-        &k.bootstrap(),
-        &[topic.as_str()],
-        Duration::from_secs(60),
-        |r| r.iter().any(|c| c.payload.is_empty()) && distinct_ids(r) >= 201,
-    );
+    let consumed = site.consume_until(Duration::from_secs(60), |r| {
+        r.iter().any(|c| c.payload.is_empty()) && distinct_ids(r) >= 201
+    });
     let report = check(&[q2, odd].concat(), &consumed);
     report.assert_clean();
     let bin_rec = consumed
@@ -228,26 +189,13 @@ pub fn qos0_qos2_binary_and_empty_payloads() -> Result<(), Failed> {
 }
 
 pub fn admin_backlog_and_metrics() -> Result<(), Failed> {
-    let k = kafka();
-    let m = Mosquitto::start();
-    let dir = tempfile::tempdir()?;
-    let topic = unique("admin");
-    let cfg = config(m.port, &k.bootstrap(), "")
-        .replace("[kafka]\n", &format!("[kafka]\ntopic = \"{topic}\"\n"));
-    let mut gw = Gateway::start(bin(), dir.path(), &cfg);
-    gw.wait_ready();
-    let published = publish(
-        m.port,
-        1,
-        &crate::messages("adm", &["a/b".into()], 100, 100),
+    let site = Site::new(kafka(), "admin")?;
+    let gw = site.gateway();
+    let published = site.publish(
+        &messages("adm", &["a/b".into()], 100, 100),
         Duration::from_secs(30),
     );
-    let consumed = consume(
-        &k.bootstrap(),
-        &[topic.as_str()],
-        Duration::from_secs(60),
-        |r| distinct_ids(r) >= 100,
-    );
+    let consumed = site.consume(100, Duration::from_secs(60));
     check(&published, &consumed).assert_clean();
     wait_until(
         "metrics to show 100 forwarded",

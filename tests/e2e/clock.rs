@@ -7,10 +7,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use harness::{check, consume, distinct_ids, publish, unique, Consumed, Gateway, Mosquitto};
+use harness::{check, Consumed};
 use libtest_mimic::Failed;
 
-use crate::{bin, config, fail, kafka, messages};
+use crate::common::{acked_all, Site};
+use crate::{fail, kafka, messages};
 
 fn libfaketime() -> Result<PathBuf, Failed> {
     for dir in [
@@ -49,10 +50,8 @@ fn received_at(consumed: &[Consumed], publisher: &str) -> Option<i64> {
 
 pub fn clock_jumps_back_and_forward_lose_nothing() -> Result<(), Failed> {
     let lib = libfaketime()?;
-    let k = kafka();
-    let m = Mosquitto::start();
-    let dir = tempfile::tempdir()?;
-    let clock = dir.path().join("faketime");
+    let site = Site::new(kafka(), "clock")?;
+    let clock = site.path().join("faketime");
     // Start a day behind, jump back an hour, then forward a day. The fake clock stays
     // behind the real one: libfaketime 0.9.10 fakes timespec_get() but waits in
     // pthread_cond_timedwait() on the real clock when the monotonic clock is not
@@ -61,17 +60,13 @@ pub fn clock_jumps_back_and_forward_lose_nothing() -> Result<(), Failed> {
     // preload, not of a real jump, where both use the same clock.
     let plan = ["-1d", "-25h", "-1h", "-1h"];
     set_clock(&clock, plan[0])?;
-    let topic = unique("clock");
-    let cfg = config(m.port, &k.bootstrap(), "")
-        .replace("[kafka]\n", &format!("[kafka]\ntopic = \"{topic}\"\n"));
     let env = [
         ("LD_PRELOAD", lib.to_str().unwrap()),
         ("FAKETIME_TIMESTAMP_FILE", clock.to_str().unwrap()),
         ("FAKETIME_NO_CACHE", "1"),
         ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
     ];
-    let mut gw = Gateway::start_with_env(bin(), dir.path(), &cfg, &env);
-    gw.wait_ready();
+    let mut gw = site.gateway_with(&site.config(), &env);
     let topics: Vec<String> = vec!["c/a".into(), "c/b".into()];
     let mut published = Vec::new();
     for (publisher, offset) in ["c0", "back", "fwd", "c3"]
@@ -79,22 +74,13 @@ pub fn clock_jumps_back_and_forward_lose_nothing() -> Result<(), Failed> {
         .zip(plan.iter().copied())
     {
         set_clock(&clock, offset)?;
-        published.extend(publish(
-            m.port,
-            1,
+        published.extend(site.publish(
             &messages(publisher, &topics, 1_000, 200),
             Duration::from_secs(60),
         ));
     }
-    if published.len() != 4_000 {
-        return Err(fail(format!("broker acked {} of 4000", published.len())));
-    }
-    let consumed = consume(
-        &k.bootstrap(),
-        &[topic.as_str()],
-        Duration::from_secs(120),
-        |r| distinct_ids(r) >= 4_000,
-    );
+    acked_all(&published, 4_000)?;
+    let consumed = site.consume(4_000, Duration::from_secs(120));
     let report = check(&published, &consumed);
     let (t0, tb, tf) = (
         received_at(&consumed, "c0"),

@@ -4,22 +4,16 @@
 use std::time::Duration;
 
 use harness::checker::{check_with_faults, FaultEvent};
-use harness::{
-    check, consume, distinct_ids, publish, unique, wait_until, Gateway, Kafka, Mosquitto,
-};
+use harness::{check, wait_until, Gateway, Kafka};
 use libtest_mimic::Failed;
 
+use crate::common::{acked_all, admin_u64, joined, kcat_read, wait_kafka_dead, Site};
 use crate::{bin, config, fail, kafka, messages};
 
 pub fn kafka_down_at_start_backlog_then_drains() -> Result<(), Failed> {
     let own = Kafka::not_started();
-    let m = Mosquitto::start();
-    let dir = tempfile::tempdir()?;
-    let topic = unique("down");
-    let cfg = config(m.port, &own.bootstrap(), "")
-        .replace("[kafka]\n", &format!("[kafka]\ntopic = \"{topic}\"\n"));
-    let mut gw = Gateway::start(bin(), dir.path(), &cfg);
-    gw.wait_ready();
+    let site = Site::new(&own, "down")?;
+    let gw = site.gateway();
 
     let msgs = messages(
         "down",
@@ -28,14 +22,7 @@ pub fn kafka_down_at_start_backlog_then_drains() -> Result<(), Failed> {
         256,
     );
     // Acknowledged to MQTT although Kafka is down: the WAL holds them.
-    let published = publish(m.port, 1, &msgs, Duration::from_secs(60));
-    if published.len() != msgs.len() {
-        return Err(fail(format!(
-            "broker acked {} of {}",
-            published.len(),
-            msgs.len()
-        )));
-    }
+    let published = site.publish_all(&msgs, Duration::from_secs(60))?;
     wait_until(
         "backlog of 3000 on /backlog",
         Duration::from_secs(30),
@@ -49,12 +36,7 @@ pub fn kafka_down_at_start_backlog_then_drains() -> Result<(), Failed> {
         return Err(fail(format!("backlog: {b}")));
     }
     own.start_again();
-    let consumed = consume(
-        &own.bootstrap(),
-        &[topic.as_str()],
-        Duration::from_secs(120),
-        |r| distinct_ids(r) >= 3000,
-    );
+    let consumed = site.consume(3000, Duration::from_secs(120));
     let report = check(&published, &consumed);
     report.assert_clean();
     wait_until("backlog to drain", Duration::from_secs(60), || {
@@ -66,18 +48,12 @@ pub fn kafka_down_at_start_backlog_then_drains() -> Result<(), Failed> {
 
 pub fn sigkill_mid_stream_loses_nothing() -> Result<(), Failed> {
     let k = kafka();
-    let m = Mosquitto::start();
-    let dir = tempfile::tempdir()?;
-    let topic = unique("kill");
-    let cfg = config(m.port, &k.bootstrap(), "")
-        .replace("[kafka]\n", &format!("[kafka]\ntopic = \"{topic}\"\n"));
-    let mut gw = Gateway::start(bin(), dir.path(), &cfg);
-    gw.wait_ready();
+    let site = Site::new(k, "kill")?;
+    let mut gw = site.gateway();
 
     let topics: Vec<String> = (0..4).map(|i| format!("k/dev{i}")).collect();
     let msgs = messages("kill", &topics, 20_000, 256);
-    let port = m.port;
-    let publisher = std::thread::spawn(move || publish(port, 1, &msgs, Duration::from_secs(180)));
+    let publisher = site.publish_in_background(msgs, Duration::from_secs(180));
     let mut events = Vec::new();
     // Kill in the middle of the stream, twice.
     for round in 0..2 {
@@ -87,10 +63,7 @@ pub fn sigkill_mid_stream_loses_nothing() -> Result<(), Failed> {
             "gateway to receive part of the stream",
             Duration::from_secs(60),
             || {
-                harness::http_get(admin, "/status")
-                    .ok()
-                    .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
-                    .and_then(|v| v["counters"]["mqtt_messages_received"].as_u64())
+                admin_u64(admin, "/status", "/counters/mqtt_messages_received")
                     .is_some_and(|n| n >= want)
             },
         );
@@ -99,42 +72,16 @@ pub fn sigkill_mid_stream_loses_nothing() -> Result<(), Failed> {
         gw.restart();
         gw.wait_ready();
     }
-    let published = publisher.join().map_err(|_| fail("publisher panicked"))?;
-    if published.len() != 20_000 {
-        return Err(fail(format!("broker acked {} of 20000", published.len())));
-    }
-    let consumed = consume(
-        &k.bootstrap(),
-        &[topic.as_str()],
-        Duration::from_secs(180),
-        |r| distinct_ids(r) >= 20_000,
-    );
+    let published = joined(publisher)?;
+    acked_all(&published, 20_000)?;
+    let consumed = site.consume(20_000, Duration::from_secs(180));
     let report = check_with_faults(&published, &consumed, &events);
     eprintln!("{report}");
     if !report.lost.is_empty() {
         eprintln!("status: {}", gw.json("/status"));
-        let again = consume(
-            &k.bootstrap(),
-            &[topic.as_str()],
-            Duration::from_secs(30),
-            |r| distinct_ids(r) >= 20_000,
-        );
+        let again = site.consume(20_000, Duration::from_secs(30));
         eprintln!("second read: {}", check(&published, &again));
-        let out = std::process::Command::new("kcat")
-            .args([
-                "-b",
-                &k.bootstrap(),
-                "-C",
-                "-t",
-                &topic,
-                "-e",
-                "-q",
-                "-f",
-                "%p %o %k %s\n",
-            ])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = kcat_read(&k.bootstrap(), &site.topic, "%p %o %k %s\n").unwrap();
         let mut per: std::collections::BTreeMap<String, usize> = Default::default();
         for l in text.lines() {
             *per.entry(l.split(' ').take(1).collect::<String>())
@@ -150,16 +97,10 @@ pub fn sigkill_mid_stream_loses_nothing() -> Result<(), Failed> {
 }
 
 pub fn sigterm_drains_and_exits_0() -> Result<(), Failed> {
-    let k = kafka();
-    let m = Mosquitto::start();
-    let dir = tempfile::tempdir()?;
-    let topic = unique("term");
-    let cfg = config(m.port, &k.bootstrap(), "")
-        .replace("[kafka]\n", &format!("[kafka]\ntopic = \"{topic}\"\n"));
-    let mut gw = Gateway::start(bin(), dir.path(), &cfg);
-    gw.wait_ready();
+    let site = Site::new(kafka(), "term")?;
+    let mut gw = site.gateway();
     let msgs = messages("term", &["t/a".into(), "t/b".into()], 5_000, 256);
-    let published = publish(m.port, 1, &msgs, Duration::from_secs(60));
+    let published = site.publish(&msgs, Duration::from_secs(60));
     // SIGTERM right after the last PUBACK from the broker: deliveries are in flight.
     gw.signal(libc::SIGTERM);
     let status = gw.wait_exit(Duration::from_secs(30));
@@ -174,12 +115,7 @@ pub fn sigterm_drains_and_exits_0() -> Result<(), Failed> {
     // start; restart to deliver any rest and check nothing is lost.
     gw.restart();
     gw.wait_ready();
-    let consumed = consume(
-        &k.bootstrap(),
-        &[topic.as_str()],
-        Duration::from_secs(120),
-        |r| distinct_ids(r) >= published.len(),
-    );
+    let consumed = site.consume(published.len(), Duration::from_secs(120));
     let report = check(&published, &consumed);
     eprintln!("{report}");
     report.assert_clean();
@@ -277,27 +213,18 @@ pub fn failpoint_crashes_lose_nothing() -> Result<(), Failed> {
         ("forward-before-wal-ack", "5"),
         ("wal-inside-commit", "3"),
     ] {
-        let m = Mosquitto::start();
-        let dir = tempfile::tempdir()?;
-        let topic = unique("fp");
-        let cfg = config(m.port, &k.bootstrap(), "")
-            .replace("[kafka]\n", &format!("[kafka]\ntopic = \"{topic}\"\n"));
-        let mut gw = Gateway::start_with_env(
-            bin(),
-            dir.path(),
-            &cfg,
+        let site = Site::new(k, "fp")?;
+        let mut gw = site.gateway_with(
+            &site.config(),
             &[("MKG_FAILPOINT", point), ("MKG_FAILPOINT_SKIP", skip)],
         );
-        gw.wait_ready();
         let msgs = messages(
             "fp",
             &["f/a".into(), "f/b".into(), "f/c".into()],
             6_000,
             128,
         );
-        let port = m.port;
-        let publisher =
-            std::thread::spawn(move || publish(port, 1, &msgs, Duration::from_secs(120)));
+        let publisher = site.publish_in_background(msgs, Duration::from_secs(120));
         let admin = gw.admin;
         let status = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             gw.wait_exit(Duration::from_secs(60))
@@ -322,19 +249,14 @@ pub fn failpoint_crashes_lose_nothing() -> Result<(), Failed> {
         }
         gw.restart();
         gw.wait_ready();
-        let published = publisher.join().map_err(|_| fail("publisher panicked"))?;
+        let published = joined(publisher)?;
         if published.len() != 6_000 {
             return Err(fail(format!(
                 "{point}: broker acked {} of 6000",
                 published.len()
             )));
         }
-        let consumed = consume(
-            &k.bootstrap(),
-            &[topic.as_str()],
-            Duration::from_secs(120),
-            |r| distinct_ids(r) >= 6_000,
-        );
+        let consumed = site.consume(6_000, Duration::from_secs(120));
         let report = check_with_faults(&published, &consumed, &events);
         eprintln!("{point}: {report}");
         report.assert_clean();
@@ -347,27 +269,18 @@ pub fn failpoint_crashes_lose_nothing() -> Result<(), Failed> {
 /// drains afterwards.
 pub fn kafka_killed_and_paused_mid_stream() -> Result<(), Failed> {
     let own = Kafka::start();
-    let m = Mosquitto::start();
-    let dir = tempfile::tempdir()?;
-    let topic = unique("kk");
-    let cfg = config(m.port, &own.bootstrap(), "")
-        .replace("[kafka]\n", &format!("[kafka]\ntopic = \"{topic}\"\n"));
-    let mut gw = Gateway::start(bin(), dir.path(), &cfg);
-    gw.wait_ready();
+    let site = Site::new(&own, "kk")?;
+    let gw = site.gateway();
     let mut published = Vec::new();
     let topics: Vec<String> = vec!["kk/a".into(), "kk/b".into()];
-    published.extend(publish(
-        m.port,
-        1,
+    published.extend(site.publish(
         &messages("k1", &topics, 2_000, 200),
         Duration::from_secs(60),
     ));
 
     // Kill Kafka hard while publishing continues.
     kill_kafka(&own, libc::SIGKILL);
-    published.extend(publish(
-        m.port,
-        1,
+    published.extend(site.publish(
         &messages("k2", &topics, 2_000, 200),
         Duration::from_secs(60),
     ));
@@ -382,9 +295,7 @@ pub fn kafka_killed_and_paused_mid_stream() -> Result<(), Failed> {
     // Freeze it (SIGSTOP) while publishing continues, then thaw.
     let pid = own.pid().ok_or_else(|| fail("no kafka pid"))?;
     harness::kill(pid, libc::SIGSTOP);
-    published.extend(publish(
-        m.port,
-        1,
+    published.extend(site.publish(
         &messages("k3", &topics, 2_000, 200),
         Duration::from_secs(60),
     ));
@@ -395,15 +306,8 @@ pub fn kafka_killed_and_paused_mid_stream() -> Result<(), Failed> {
     );
     harness::kill(pid, libc::SIGCONT);
 
-    if published.len() != 6_000 {
-        return Err(fail(format!("broker acked {} of 6000", published.len())));
-    }
-    let consumed = consume(
-        &own.bootstrap(),
-        &[topic.as_str()],
-        Duration::from_secs(180),
-        |r| distinct_ids(r) >= 6_000,
-    );
+    acked_all(&published, 6_000)?;
+    let consumed = site.consume(6_000, Duration::from_secs(180));
     let report = check(&published, &consumed);
     eprintln!("{report}");
     report.assert_clean();
@@ -414,20 +318,13 @@ pub fn kafka_killed_and_paused_mid_stream() -> Result<(), Failed> {
 }
 
 fn backlog(admin: std::net::SocketAddr) -> u64 {
-    harness::http_get(admin, "/backlog")
-        .ok()
-        .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
-        .and_then(|v| v["records"].as_u64())
-        .unwrap_or(0)
+    admin_u64(admin, "/backlog", "/records").unwrap_or(0)
 }
 
 fn kill_kafka(k: &Kafka, sig: i32) {
     if let Some(pid) = k.pid() {
         harness::kill(pid, sig);
-        wait_until("kafka to die", Duration::from_secs(30), || {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map_or(true, |s| s.contains(") Z "))
-        });
+        wait_kafka_dead(pid);
     }
 }
 
@@ -461,25 +358,15 @@ impl Drop for TmpfsMount {
 /// /metrics, does not crash, and resumes by itself once forwarding frees space.
 pub fn disk_full_stops_acking_then_resumes() -> Result<(), Failed> {
     let own = Kafka::not_started();
-    let m = Mosquitto::start();
-    let dir = tempfile::tempdir()?;
-    let _mount = TmpfsMount::new(&dir.path().join("wal"), "6m")?;
-    let topic = unique("full");
-    let cfg = config(m.port, &own.bootstrap(), "")
-        .replace("[kafka]\n", &format!("[kafka]\ntopic = \"{topic}\"\n"))
+    let site = Site::new(&own, "full")?;
+    let _mount = TmpfsMount::new(&site.path().join("wal"), "6m")?;
+    let cfg = site
+        .config()
         .replace("[wal]\n", "[wal]\nmin_free_space = \"1MiB\"\n");
-    let mut gw = Gateway::start(bin(), dir.path(), &cfg);
-    gw.wait_ready();
+    let mut gw = site.gateway_with(&cfg, &[]);
     let msgs = messages("full", &["f/1".into(), "f/2".into()], 12_000, 1000);
     // Mosquitto acknowledges publishers whatever the gateway does.
-    let published = publish(m.port, 1, &msgs, Duration::from_secs(120));
-    if published.len() != msgs.len() {
-        return Err(fail(format!(
-            "broker acked {} of {}",
-            published.len(),
-            msgs.len()
-        )));
-    }
+    let published = site.publish_all(&msgs, Duration::from_secs(120))?;
     let admin = gw.admin;
     wait_until(
         "/readyz to report ingest paused for disk space",
@@ -515,12 +402,7 @@ pub fn disk_full_stops_acking_then_resumes() -> Result<(), Failed> {
     }
     // Kafka comes back: forwarding frees space, commits resume, everything arrives.
     own.start_again();
-    let consumed = consume(
-        &own.bootstrap(),
-        &[topic.as_str()],
-        Duration::from_secs(240),
-        |r| distinct_ids(r) >= 12_000,
-    );
+    let consumed = site.consume(12_000, Duration::from_secs(240));
     let report = check(&published, &consumed);
     eprintln!("{report}; acknowledged before space freed: {acked_while_full}");
     if !report.lost.is_empty() {
@@ -537,25 +419,12 @@ pub fn disk_full_stops_acking_then_resumes() -> Result<(), Failed> {
 /// A payload above Kafka's `message.max.bytes` is parked in the dead-letter table,
 /// counted and visible; one just under the limit and everything around them flow.
 pub fn oversized_record_is_parked_rest_flows() -> Result<(), Failed> {
-    let k = kafka();
-    let m = Mosquitto::start();
-    let dir = tempfile::tempdir()?;
-    let topic = unique("big");
-    let cfg = config(m.port, &k.bootstrap(), "")
-        .replace("[kafka]\n", &format!("[kafka]\ntopic = \"{topic}\"\n"));
-    let mut gw = Gateway::start(bin(), dir.path(), &cfg);
-    gw.wait_ready();
+    let site = Site::new(kafka(), "big")?;
+    let gw = site.gateway();
     let mut msgs = messages("small", &["b/x".into()], 100, 100);
     msgs.insert(50, ("b/x".into(), harness::payload("huge", 0, 1_500_000)));
     msgs.insert(20, ("b/x".into(), harness::payload("near", 0, 900_000)));
-    let published = publish(m.port, 1, &msgs, Duration::from_secs(60));
-    if published.len() != msgs.len() {
-        return Err(fail(format!(
-            "broker acked {} of {}",
-            published.len(),
-            msgs.len()
-        )));
-    }
+    let published = site.publish_all(&msgs, Duration::from_secs(60))?;
     let admin = gw.admin;
     wait_until(
         "the huge record to be parked",
@@ -565,12 +434,7 @@ pub fn oversized_record_is_parked_rest_flows() -> Result<(), Failed> {
                 .is_ok_and(|(_, b)| b.contains("\"dead_letters\":{\"records\":1"))
         },
     );
-    let consumed = consume(
-        &k.bootstrap(),
-        &[topic.as_str()],
-        Duration::from_secs(60),
-        |r| distinct_ids(r) >= 101,
-    );
+    let consumed = site.consume(101, Duration::from_secs(60));
     let expected: Vec<_> = published
         .iter()
         .filter(|p| !p.payload.starts_with(b"huge:"))
@@ -591,7 +455,7 @@ pub fn oversized_record_is_parked_rest_flows() -> Result<(), Failed> {
     });
     drop(gw);
     // The parked record is still readable, with its reason.
-    let wal_file = dir.path().join("wal/wal.redb");
+    let wal_file = site.path().join("wal/wal.redb");
     let (code, out) = harness::run_gateway_cmd(
         bin(),
         &["wal", "dump", "--dead-letters", wal_file.to_str().unwrap()],
@@ -612,21 +476,13 @@ pub fn oversized_record_is_parked_rest_flows() -> Result<(), Failed> {
 /// low here so the run stays short: 3 s socket and request timeouts, 12 s pause).
 pub fn kafka_paused_longer_than_client_timeouts() -> Result<(), Failed> {
     let own = Kafka::start();
-    let m = Mosquitto::start();
-    let dir = tempfile::tempdir()?;
-    let topic = unique("pause");
-    let cfg = config(m.port, &own.bootstrap(), "").replace(
-        "[kafka]\n",
-        &format!(
-            "[kafka]\ntopic = \"{topic}\"\nproperties = {{ \"socket.timeout.ms\" = 3000, \"request.timeout.ms\" = 3000, \"socket.connection.setup.timeout.ms\" = 3000 }}\n"
-        ),
+    let site = Site::new(&own, "pause")?;
+    let cfg = site.config_with(
+        "properties = { \"socket.timeout.ms\" = 3000, \"request.timeout.ms\" = 3000, \"socket.connection.setup.timeout.ms\" = 3000 }\n",
     );
-    let mut gw = Gateway::start(bin(), dir.path(), &cfg);
-    gw.wait_ready();
+    let gw = site.gateway_with(&cfg, &[]);
     let topics: Vec<String> = vec!["p/a".into(), "p/b".into()];
-    let mut published = publish(
-        m.port,
-        1,
+    let mut published = site.publish(
         &messages("p1", &topics, 1_000, 200),
         Duration::from_secs(60),
     );
@@ -637,9 +493,7 @@ pub fn kafka_paused_longer_than_client_timeouts() -> Result<(), Failed> {
     let pid = own.pid().ok_or_else(|| fail("no kafka pid"))?;
     harness::kill(pid, libc::SIGSTOP);
     let paused = std::time::Instant::now();
-    published.extend(publish(
-        m.port,
-        1,
+    published.extend(site.publish(
         &messages("p2", &topics, 3_000, 200),
         Duration::from_secs(60),
     ));
@@ -653,21 +507,12 @@ pub fn kafka_paused_longer_than_client_timeouts() -> Result<(), Failed> {
         paused.elapsed() >= Duration::from_secs(12)
     });
     harness::kill(pid, libc::SIGCONT);
-    published.extend(publish(
-        m.port,
-        1,
+    published.extend(site.publish(
         &messages("p3", &topics, 1_000, 200),
         Duration::from_secs(60),
     ));
-    if published.len() != 5_000 {
-        return Err(fail(format!("broker acked {} of 5000", published.len())));
-    }
-    let consumed = consume(
-        &own.bootstrap(),
-        &[topic.as_str()],
-        Duration::from_secs(120),
-        |r| distinct_ids(r) >= 5_000,
-    );
+    acked_all(&published, 5_000)?;
+    let consumed = site.consume(5_000, Duration::from_secs(120));
     let report = check(&published, &consumed);
     eprintln!(
         "{report}; producer rebuilds: {}",
@@ -685,16 +530,10 @@ pub fn kafka_paused_longer_than_client_timeouts() -> Result<(), Failed> {
 /// `wal-during-repair`), then starts again: the backlog is intact and reaches Kafka.
 pub fn crash_during_recovery_loses_nothing() -> Result<(), Failed> {
     let own = Kafka::not_started();
-    let m = Mosquitto::start();
-    let dir = tempfile::tempdir()?;
-    let topic = unique("recov");
-    let cfg = config(m.port, &own.bootstrap(), "")
-        .replace("[kafka]\n", &format!("[kafka]\ntopic = \"{topic}\"\n"));
-    let mut gw = Gateway::start(bin(), dir.path(), &cfg);
-    gw.wait_ready();
-    let published = publish(
-        m.port,
-        1,
+    let site = Site::new(&own, "recov")?;
+    let cfg = site.config();
+    let mut gw = site.gateway_with(&cfg, &[]);
+    let published = site.publish(
         &messages("rc", &["r/1".into(), "r/2".into()], 3_000, 300),
         Duration::from_secs(60),
     );
@@ -706,7 +545,7 @@ pub fn crash_during_recovery_loses_nothing() -> Result<(), Failed> {
     drop(gw);
     let mut gw = Gateway::start_with_env(
         bin(),
-        dir.path(),
+        site.path(),
         &cfg,
         &[("MKG_FAILPOINT", "wal-during-repair")],
     );
@@ -727,12 +566,7 @@ pub fn crash_during_recovery_loses_nothing() -> Result<(), Failed> {
         )));
     }
     own.start_again();
-    let consumed = consume(
-        &own.bootstrap(),
-        &[topic.as_str()],
-        Duration::from_secs(120),
-        |r| distinct_ids(r) >= 3_000,
-    );
+    let consumed = site.consume(3_000, Duration::from_secs(120));
     let report = check(&published, &consumed);
     eprintln!("{report}");
     report.assert_clean();

@@ -13,6 +13,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 mod bad_input;
 mod basic;
 mod clock;
+mod common;
 mod config_errors;
 mod faults;
 mod mosquitto_restart;

@@ -26,10 +26,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use harness::publisher::{publish_resilient_with, ResilientOptions, ResilientOutcome};
-use harness::{check, checker, consume, unique, wait_until, Consumed, Gateway, Mosquitto, Report};
+use harness::{check, checker, unique, wait_until, Consumed, Report};
 use libtest_mimic::Failed;
 
-use crate::{bin, config, fail, kafka, messages};
+use crate::common::Site;
+use crate::{fail, kafka, messages};
 
 const PER_PHASE: u64 = 6_000;
 /// Mosquitto's `max_inflight_messages` (scripts/mosquitto-local.sh): it writes up to
@@ -72,14 +73,9 @@ struct Phase {
 }
 
 pub fn mosquitto_restarts_lose_nothing() -> Result<(), Failed> {
-    let k = kafka();
-    let m = Mosquitto::start();
-    let dir = tempfile::tempdir()?;
-    let topic = unique("mrestart");
-    let cfg = config(m.port, &k.bootstrap(), "")
-        .replace("[kafka]\n", &format!("[kafka]\ntopic = \"{topic}\"\n"));
-    let mut gw = Gateway::start(bin(), dir.path(), &cfg);
-    gw.wait_ready();
+    let site = Site::new(kafka(), "mrestart")?;
+    let m = &site.mqtt;
+    let gw = site.gateway();
     let admin = gw.admin;
     let mqtt_topics: Vec<String> = (0..3).map(|i| format!("mr/dev{i}")).collect();
 
@@ -193,12 +189,7 @@ pub fn mosquitto_restarts_lose_nothing() -> Result<(), Failed> {
             .collect::<BTreeSet<_>>()
             .len()
     };
-    let consumed = consume(
-        &k.bootstrap(),
-        &[topic.as_str()],
-        Duration::from_secs(60),
-        |r| seqs_of(r) as u64 >= last_seq,
-    );
+    let consumed = site.consume_until(Duration::from_secs(60), |r| seqs_of(r) as u64 >= last_seq);
 
     // What the gateway guarantees, over the whole topic: valid headers on every
     // record, every seq it assigned (it acknowledges only after the WAL commit) in

@@ -6,12 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use harness::checker::{check_with_faults, now_ms, BacklogSampler, FaultEvent};
-use harness::{
-    consume, payload, publish, unique, until_distinct, wait_until, Gateway, Kafka, Mosquitto,
-};
+use harness::{payload, publish, until_distinct, wait_until, Kafka};
 use libtest_mimic::Failed;
 
-use crate::{bin, config, fail};
+use crate::common::{joined, wait_kafka_dead, Site};
+use crate::fail;
 
 pub fn kafka_down_for_minutes_while_traffic_continues() -> Result<(), Failed> {
     let outage = Duration::from_secs(
@@ -21,20 +20,15 @@ pub fn kafka_down_for_minutes_while_traffic_continues() -> Result<(), Failed> {
             .unwrap_or(60),
     );
     let own = Kafka::start();
-    let m = Mosquitto::start();
-    let dir = tempfile::tempdir()?;
-    let topic = unique("outage");
-    let cfg = config(m.port, &own.bootstrap(), "")
-        .replace("[kafka]\n", &format!("[kafka]\ntopic = \"{topic}\"\n"));
-    let mut gw = Gateway::start(bin(), dir.path(), &cfg);
-    gw.wait_ready();
+    let site = Site::new(&own, "outage")?;
+    let mut gw = site.gateway();
     let admin = gw.admin;
     let sampler = BacklogSampler::start(Arc::new(Mutex::new(admin)), Duration::from_millis(500));
 
     // A paced publisher (about 500 msg/s over 8 device topics) for the whole run.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let publisher = {
-        let (stop, port) = (stop.clone(), m.port);
+        let (stop, port) = (stop.clone(), site.mqtt.port);
         std::thread::spawn(move || {
             let mut acked = Vec::new();
             let mut seq = 0u64;
@@ -64,9 +58,7 @@ pub fn kafka_down_for_minutes_while_traffic_continues() -> Result<(), Failed> {
     let pid = own.pid().ok_or_else(|| fail("no kafka pid"))?;
     harness::kill(pid, libc::SIGKILL);
     let killed = Instant::now();
-    wait_until("kafka to die", Duration::from_secs(30), || {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "))
-    });
+    wait_kafka_dead(pid);
     // The outage length is the scenario itself: wait it out, watching the gateway.
     wait_until(
         "the outage to last its length",
@@ -95,13 +87,8 @@ pub fn kafka_down_for_minutes_while_traffic_continues() -> Result<(), Failed> {
         },
     );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let published = publisher.join().map_err(|_| fail("publisher panicked"))?;
-    let consumed = consume(
-        &own.bootstrap(),
-        &[topic.as_str()],
-        Duration::from_secs(300),
-        until_distinct(published.len()),
-    );
+    let published = joined(publisher)?;
+    let consumed = site.consume_until(Duration::from_secs(300), until_distinct(published.len()));
     wait_until("backlog to drain", Duration::from_secs(120), || {
         gw.json("/backlog")["records"] == 0
     });

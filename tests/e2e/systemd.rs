@@ -12,10 +12,11 @@
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
-use harness::{check, consume, distinct_ids, http_get, publish, unique, Gateway, Kafka, Mosquitto};
+use harness::{check, http_get, unique, Gateway, Kafka};
 use libtest_mimic::Failed;
 
-use crate::{bin, config, fail, kafka, messages};
+use crate::common::Site;
+use crate::{bin, fail, kafka, messages};
 
 /// `WATCHDOG_USEC` given to the gateway: it feeds every half of it.
 const WATCHDOG: Duration = Duration::from_secs(3);
@@ -92,18 +93,13 @@ pub fn notify_ready_watchdog_stopping_and_stuck_loop() -> Result<(), Failed> {
 
     // 1. Path socket, healthy gateway, then a Mosquitto outage, then SIGTERM.
     {
-        let k = kafka();
-        let m = Mosquitto::start();
-        let dir = tempfile::tempdir()?;
-        let sock_path = dir.path().join("notify.sock");
+        let site = Site::new(kafka(), "sdnotify")?;
+        let sock_path = site.path().join("notify.sock");
         let mut notify = NotifySocket::new(UnixDatagram::bind(&sock_path)?);
-        let topic = unique("sdnotify");
-        let cfg = config(m.port, &k.bootstrap(), "")
-            .replace("[kafka]\n", &format!("[kafka]\ntopic = \"{topic}\"\n"));
         let mut gw = Gateway::start_with_env(
             bin(),
-            dir.path(),
-            &cfg,
+            site.path(),
+            &site.config(),
             &[
                 ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
                 ("WATCHDOG_USEC", &watchdog_usec),
@@ -135,27 +131,15 @@ pub fn notify_ready_watchdog_stopping_and_stuck_loop() -> Result<(), Failed> {
         // Messages flow while it notifies.
         gw.wait_ready();
         let msgs = messages("sd", &["sd/1".into(), "sd/2".into()], 500, 64);
-        let published = publish(m.port, 1, &msgs, Duration::from_secs(60));
-        if published.len() != msgs.len() {
-            return Err(fail(format!(
-                "broker acked {} of {}",
-                published.len(),
-                msgs.len()
-            )));
-        }
-        let consumed = consume(
-            &k.bootstrap(),
-            &[topic.as_str()],
-            Duration::from_secs(60),
-            |r| distinct_ids(r) >= msgs.len(),
-        );
+        let published = site.publish_all(&msgs, Duration::from_secs(60))?;
+        let consumed = site.consume(msgs.len(), Duration::from_secs(60));
         check(&published, &consumed).assert_clean();
         notify.watchdog_pings(2, Duration::from_secs(30))?;
 
         // Mosquitto gone: the ingest loop waits and retries, which is not a hang.
-        m.kill(libc::SIGKILL);
+        site.mqtt.kill(libc::SIGKILL);
         notify.watchdog_pings(4, Duration::from_secs(30))?;
-        m.start_again();
+        site.mqtt.start_again();
 
         gw.signal(libc::SIGTERM);
         notify.wait_for("STOPPING=1", Duration::from_secs(30), |l| l == "STOPPING=1")?;
@@ -169,16 +153,14 @@ pub fn notify_ready_watchdog_stopping_and_stuck_loop() -> Result<(), Failed> {
     {
         use std::os::linux::net::SocketAddrExt;
         let own = Kafka::not_started();
-        let m = Mosquitto::start();
-        let dir = tempfile::tempdir()?;
+        let site = Site::new(&own, "sdhang")?;
         let name = unique("mkg-notify");
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
         let mut notify = NotifySocket::new(UnixDatagram::bind_addr(&addr)?);
-        let cfg = config(m.port, &own.bootstrap(), "");
         let mut gw = Gateway::start_with_env(
             bin(),
-            dir.path(),
-            &cfg,
+            site.path(),
+            &site.base_config(),
             &[
                 ("NOTIFY_SOCKET", &format!("@{name}")),
                 ("WATCHDOG_USEC", &watchdog_usec),
@@ -193,7 +175,7 @@ pub fn notify_ready_watchdog_stopping_and_stuck_loop() -> Result<(), Failed> {
 
         // One message makes the WAL thread commit, and it hangs there.
         let msgs = messages("hang", &["sensors/x".into()], 1, 16);
-        publish(m.port, 1, &msgs, Duration::from_secs(30));
+        site.publish(&msgs, Duration::from_secs(30));
         let stuck = notify.wait_for("STATUS=Stuck", Duration::from_secs(30), |l| {
             l.starts_with("STATUS=Stuck")
         })?;

@@ -4,12 +4,11 @@
 
 use std::time::Duration;
 
-use harness::{
-    check, consume, distinct_ids, publish, unique, wait_until, Gateway, Kafka, Mosquitto,
-};
+use harness::{check, unique, wait_until, Kafka};
 use libtest_mimic::Failed;
 
-use crate::{bin, config, fail, messages};
+use crate::common::{acked_all, admin_u64, Site};
+use crate::{bin, fail, messages};
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -18,19 +17,13 @@ fn hex(b: &[u8]) -> String {
 pub fn unknown_topic_is_parked_rest_flows() -> Result<(), Failed> {
     let own = Kafka::not_started().auto_create(false);
     own.start_again();
-    let good = unique("good");
-    own.create_topic(&good, 3);
+    let site = Site::new(&own, "good")?;
+    own.create_topic(&site.topic, 3);
     let missing = unique("missing");
-    let m = Mosquitto::start();
-    let dir = tempfile::tempdir()?;
-    let cfg = config(m.port, &own.bootstrap(), "").replace(
-        "[kafka]\n",
-        &format!(
-            "[kafka]\ntopic = \"{good}\"\nroutes = [ {{ mqtt_filter = \"lost/#\", kafka_topic = \"{missing}\" }} ]\n"
-        ),
-    );
-    let mut gw = Gateway::start(bin(), dir.path(), &cfg);
-    gw.wait_ready();
+    let cfg = site.config_with(&format!(
+        "routes = [ {{ mqtt_filter = \"lost/#\", kafka_topic = \"{missing}\" }} ]\n"
+    ));
+    let mut gw = site.gateway_with(&cfg, &[]);
     let admin = gw.admin;
 
     // Phase 1: the producer does not know the topic yet; librdkafka holds those records
@@ -43,7 +36,7 @@ pub fn unknown_topic_is_parked_rest_flows() -> Result<(), Failed> {
             ("lost/x".into(), harness::payload("miss", i, 200)),
         );
     }
-    let mut published = publish(m.port, 1, &msgs, Duration::from_secs(60));
+    let mut published = site.publish(&msgs, Duration::from_secs(60));
     wait_until(
         "5 records parked (delivery reports)",
         Duration::from_secs(90),
@@ -57,14 +50,8 @@ pub fn unknown_topic_is_parked_rest_flows() -> Result<(), Failed> {
             ("lost/y".into(), harness::payload("miss", i, 200)),
         );
     }
-    published.extend(publish(m.port, 1, &msgs2, Duration::from_secs(60)));
-    if published.len() != msgs.len() + msgs2.len() {
-        return Err(fail(format!(
-            "broker acked {} of {}",
-            published.len(),
-            msgs.len() + msgs2.len()
-        )));
-    }
+    published.extend(site.publish(&msgs2, Duration::from_secs(60)));
+    acked_all(&published, msgs.len() + msgs2.len())?;
     wait_until("8 records parked", Duration::from_secs(60), || {
         dead_letters(admin) >= 8
     });
@@ -74,12 +61,7 @@ pub fn unknown_topic_is_parked_rest_flows() -> Result<(), Failed> {
     let (good_msgs, parked): (Vec<_>, Vec<_>) = published
         .into_iter()
         .partition(|p| !p.payload.starts_with(b"miss:"));
-    let consumed = consume(
-        &own.bootstrap(),
-        &[good.as_str()],
-        Duration::from_secs(60),
-        |r| distinct_ids(r) >= good_msgs.len(),
-    );
+    let consumed = site.consume(good_msgs.len(), Duration::from_secs(60));
     let report = check(&good_msgs, &consumed);
     eprintln!("{report}; parked in dead letters: {}", parked.len());
     report.assert_clean();
@@ -105,7 +87,7 @@ pub fn unknown_topic_is_parked_rest_flows() -> Result<(), Failed> {
     // Nothing lost: each parked message is in the dead-letter table with its reason.
     gw.signal(libc::SIGTERM);
     gw.wait_exit(Duration::from_secs(30));
-    let wal_file = dir.path().join("wal/wal.redb");
+    let wal_file = site.path().join("wal/wal.redb");
     let (code, out) = harness::run_gateway_cmd(
         bin(),
         &["wal", "dump", "--dead-letters", wal_file.to_str().unwrap()],
@@ -147,17 +129,9 @@ pub fn unknown_topic_is_parked_rest_flows() -> Result<(), Failed> {
 }
 
 fn dead_letters(admin: std::net::SocketAddr) -> u64 {
-    harness::http_get(admin, "/backlog")
-        .ok()
-        .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
-        .and_then(|v| v["dead_letters"]["records"].as_u64())
-        .unwrap_or(0)
+    admin_u64(admin, "/backlog", "/dead_letters/records").unwrap_or(0)
 }
 
 fn backlog(admin: std::net::SocketAddr) -> u64 {
-    harness::http_get(admin, "/backlog")
-        .ok()
-        .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
-        .and_then(|v| v["records"].as_u64())
-        .unwrap_or(u64::MAX)
+    admin_u64(admin, "/backlog", "/records").unwrap_or(u64::MAX)
 }

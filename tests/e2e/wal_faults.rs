@@ -7,17 +7,19 @@ use std::path::Path;
 use std::time::Duration;
 
 use harness::checker::{check_with_faults, now_ms, FaultEvent};
-use harness::{consume, distinct_ids, publish, unique, wait_until, Gateway, Mosquitto};
+use harness::wait_until;
 use libtest_mimic::Failed;
 
-use crate::{bin, config, fail, kafka, messages};
+use crate::common::{acked_all, admin_u64, joined, Site};
+use crate::{fail, kafka, messages};
 
 fn counter(admin: std::net::SocketAddr, name: &str) -> u64 {
-    harness::http_get(admin, "/status")
-        .ok()
-        .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
-        .and_then(|v| v["counters"][name].as_u64())
-        .unwrap_or(0)
+    admin_u64(admin, "/status", &format!("/counters/{name}")).unwrap_or(0)
+}
+
+/// A gateway whose WAL goes through the fault backend, controlled by `ctl`.
+fn gateway_with_faults(site: &Site, ctl: &Path) -> harness::Gateway {
+    site.gateway_with(&site.config(), &[("MKG_WAL_FAULTS", ctl.to_str().unwrap())])
 }
 
 fn control(path: &Path, text: &str) -> Result<(), Failed> {
@@ -32,29 +34,17 @@ fn control(path: &Path, text: &str) -> Result<(), Failed> {
 /// The broker's acknowledgements never run ahead of the WAL's durable commits, and
 /// after a restart (normal disk) every message the broker acknowledged is in Kafka.
 pub fn slow_fsync_sigkill_mid_commit_loses_nothing() -> Result<(), Failed> {
-    let k = kafka();
-    let m = Mosquitto::start();
-    let dir = tempfile::tempdir()?;
-    let ctl = dir.path().join("wal-faults");
+    let site = Site::new(kafka(), "slowsync")?;
+    let ctl = site.path().join("wal-faults");
     control(&ctl, "sync_delay_ms=1500")?;
-    let topic = unique("slowsync");
-    let cfg = config(m.port, &k.bootstrap(), "")
-        .replace("[kafka]\n", &format!("[kafka]\ntopic = \"{topic}\"\n"));
-    let mut gw = Gateway::start_with_env(
-        bin(),
-        dir.path(),
-        &cfg,
-        &[("MKG_WAL_FAULTS", ctl.to_str().unwrap())],
-    );
-    gw.wait_ready();
+    let mut gw = gateway_with_faults(&site, &ctl);
     let msgs = messages(
         "slow",
         &["s/a".into(), "s/b".into(), "s/c".into()],
         4_000,
         200,
     );
-    let port = m.port;
-    let publisher = std::thread::spawn(move || publish(port, 1, &msgs, Duration::from_secs(180)));
+    let publisher = site.publish_in_background(msgs, Duration::from_secs(180));
     // Wait until a commit is under way with messages waiting behind it: received
     // more than committed, and at least one slow commit done.
     let slow_from = now_ms();
@@ -92,16 +82,9 @@ pub fn slow_fsync_sigkill_mid_commit_loses_nothing() -> Result<(), Failed> {
     control(&ctl, "")?;
     gw.restart();
     gw.wait_ready();
-    let published = publisher.join().map_err(|_| fail("publisher panicked"))?;
-    if published.len() != 4_000 {
-        return Err(fail(format!("broker acked {} of 4000", published.len())));
-    }
-    let consumed = consume(
-        &k.bootstrap(),
-        &[topic.as_str()],
-        Duration::from_secs(120),
-        |r| distinct_ids(r) >= 4_000,
-    );
+    let published = joined(publisher)?;
+    acked_all(&published, 4_000)?;
+    let consumed = site.consume(4_000, Duration::from_secs(120));
     let report = check_with_faults(&published, &consumed, &events);
     eprintln!("slow fsync + SIGKILL: {report}");
     report.assert_clean();
@@ -113,36 +96,18 @@ pub fn slow_fsync_sigkill_mid_commit_loses_nothing() -> Result<(), Failed> {
 /// acknowledged, the condition is on /readyz, /status and /metrics, the process keeps
 /// running and reopens the database; when the disk works again it resumes by itself.
 pub fn wal_io_errors_not_acked_then_reopened() -> Result<(), Failed> {
-    let k = kafka();
-    let m = Mosquitto::start();
-    let dir = tempfile::tempdir()?;
-    let ctl = dir.path().join("wal-faults");
+    let site = Site::new(kafka(), "eio")?;
+    let ctl = site.path().join("wal-faults");
     control(&ctl, "")?;
-    let topic = unique("eio");
-    let cfg = config(m.port, &k.bootstrap(), "")
-        .replace("[kafka]\n", &format!("[kafka]\ntopic = \"{topic}\"\n"));
-    let mut gw = Gateway::start_with_env(
-        bin(),
-        dir.path(),
-        &cfg,
-        &[("MKG_WAL_FAULTS", ctl.to_str().unwrap())],
-    );
-    gw.wait_ready();
+    let mut gw = gateway_with_faults(&site, &ctl);
     let admin = gw.admin;
     let topics: Vec<String> = vec!["e/a".into(), "e/b".into()];
-    let mut published = publish(
-        m.port,
-        1,
-        &messages("e1", &topics, 500, 200),
-        Duration::from_secs(60),
-    );
+    let mut published = site.publish(&messages("e1", &topics, 500, 200), Duration::from_secs(60));
 
     // 1. Transient: 3 failed writes and 3 failed fsyncs.
     let t1 = now_ms();
     control(&ctl, "write_eio=3 sync_eio=3")?;
-    published.extend(publish(
-        m.port,
-        1,
+    published.extend(site.publish(
         &messages("e2", &topics, 1_000, 200),
         Duration::from_secs(60),
     ));
@@ -165,9 +130,8 @@ pub fn wal_io_errors_not_acked_then_reopened() -> Result<(), Failed> {
     let t2 = now_ms();
     control(&ctl, "sync_fail=1")?;
     let acked_before = counter(admin, "mqtt_messages_acked");
-    let port = m.port;
     let msgs3 = messages("e3", &topics, 1_000, 200);
-    let publisher = std::thread::spawn(move || publish(port, 1, &msgs3, Duration::from_secs(120)));
+    let publisher = site.publish_in_background(msgs3, Duration::from_secs(120));
     wait_until(
         "/readyz to report the WAL failing",
         Duration::from_secs(60),
@@ -217,16 +181,9 @@ pub fn wal_io_errors_not_acked_then_reopened() -> Result<(), Failed> {
         until_ms: now_ms(),
         kind: "fsync failing".into(),
     });
-    published.extend(publisher.join().map_err(|_| fail("publisher panicked"))?);
-    if published.len() != 2_500 {
-        return Err(fail(format!("broker acked {} of 2500", published.len())));
-    }
-    let consumed = consume(
-        &k.bootstrap(),
-        &[topic.as_str()],
-        Duration::from_secs(120),
-        |r| distinct_ids(r) >= 2_500,
-    );
+    published.extend(joined(publisher)?);
+    acked_all(&published, 2_500)?;
+    let consumed = site.consume(2_500, Duration::from_secs(120));
     let report = check_with_faults(&published, &consumed, &events);
     let log = gw.log();
     eprintln!(
