@@ -190,7 +190,9 @@ pub fn run(
                     if opts.linger.is_zero() || now >= deadline {
                         break;
                     }
-                    match rt.block_on(tokio::time::timeout(deadline - now, rx.recv())) {
+                    // The timer must be created inside the runtime: in an async block.
+                    let wait = deadline - now;
+                    match rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
                         Ok(Some(cmd)) => take(cmd, &mut appends, &mut dead, &mut ack, &mut bytes),
                         Ok(None) => {
                             closed = true;
@@ -500,5 +502,56 @@ fn sync_unsynced(wal: &Wal, shared: &Shared, unsynced: &mut bool) {
             tracing::warn!(error = %e, "WAL idle sync failed");
             state::set(&shared.wal_last_error, Some(e.to_string()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `wal.commit_linger` > 0 used to panic the WAL thread ("no reactor running").
+    #[test]
+    fn commit_linger_commits_after_lingering() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Arc::new(Wal::open(dir.path(), wal::WalOptions::default()).unwrap());
+        let (tx, rx) = mpsc::channel(16);
+        let (durable_tx, durable_rx) = watch::channel(0u64);
+        let opts = WriterOptions {
+            max_batch_records: 100,
+            max_batch_bytes: 1 << 20,
+            linger: Duration::from_millis(5),
+            idle_sync: Duration::from_secs(1),
+            min_free_space: 0,
+        };
+        let shared = Arc::new(Shared::default());
+        let thread = std::thread::spawn({
+            let wal = wal.clone();
+            move || {
+                run(
+                    wal,
+                    rx,
+                    durable_tx,
+                    shared,
+                    opts,
+                    CancellationToken::new(),
+                    || {},
+                )
+            }
+        });
+        for i in 0..3u8 {
+            tx.blocking_send(WalCmd::Append(Pending {
+                topic: "t".into(),
+                payload: Bytes::from(vec![i; 8]),
+                qos: 1,
+                retain: false,
+                dup: false,
+                receive_time_ms: 0,
+            }))
+            .unwrap();
+        }
+        drop(tx);
+        thread.join().expect("WAL thread panicked");
+        assert_eq!(*durable_rx.borrow(), 3);
+        assert_eq!(wal.stats().records, 3);
     }
 }
