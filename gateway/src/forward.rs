@@ -10,7 +10,7 @@
 //! * A permanent error for one record (too large, unknown topic, not authorized...)
 //!   parks it in the WAL's dead-letter table, counted and visible; the rest flows.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::mpsc as stdmpsc;
 use std::sync::Arc;
@@ -151,6 +151,7 @@ pub fn classify(e: &KafkaError) -> Failure {
             | C::InvalidRecord
             | C::PolicyViolation
             | C::InvalidMessage
+            | C::InvalidTimestamp
             | C::InvalidArgument,
         ) => Failure::Permanent,
         _ => Failure::Retry,
@@ -188,6 +189,27 @@ struct Forwarder {
     rebuild_delay: Duration,
     seq_text: String,
     time_text: String,
+    /// Records Kafka refused for good once, and what to try next (see [`Suspect`]).
+    suspects: BTreeMap<u64, Suspect>,
+}
+
+/// The first producer backoff; doubled on each rebuild up to 10 s, reset by a delivery.
+const FIRST_REBUILD_DELAY: Duration = Duration::from_millis(100);
+
+/// A record Kafka refused for good. The broker refuses whole batches (one record with
+/// a bad timestamp or no key for a compacted topic fails its batch-mates too), so a
+/// refused record is not parked at once: it is sent again alone, nothing else in
+/// flight, and parked only if it is refused alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Suspect {
+    /// Refused in a batch: send it alone, as it was.
+    Alone,
+    /// Refused alone with INVALID_RECORD or INVALID_TIMESTAMP: its receive time may be
+    /// what the broker refused (the topic's `message.timestamp.before/after.max.ms`,
+    /// or the gateway's clock was wrong when it arrived), so send it alone stamped with
+    /// the time of sending; the receive time stays in the `gateway.received_at_ms`
+    /// header.
+    Restamped,
 }
 
 /// Build the producer for one generation.
@@ -315,9 +337,10 @@ pub fn run(
         acked_sent: cursor - 1,
         last_ack: Instant::now(),
         need_rebuild: None,
-        rebuild_delay: Duration::from_millis(100),
+        rebuild_delay: FIRST_REBUILD_DELAY,
         seq_text: String::new(),
         time_text: String::new(),
+        suspects: BTreeMap::new(),
     };
     f.run(shutdown, grace)
 }
@@ -424,6 +447,10 @@ impl Forwarder {
         match error {
             None => {
                 self.inflight[idx].done = true;
+                self.rebuild_delay = FIRST_REBUILD_DELAY;
+                if self.suspects.remove(&seq) == Some(Suspect::Restamped) {
+                    tracing::info!(seq, "record delivered stamped with the time of sending");
+                }
                 self.shared
                     .counters
                     .kafka_records_forwarded
@@ -436,11 +463,7 @@ impl Forwarder {
                     .fetch_add(1, Relaxed);
                 state::set(&self.shared.kafka_last_error, Some(e.to_string()));
                 match classify(&e) {
-                    Failure::Permanent => {
-                        tracing::warn!(seq, error = %e, "Kafka refused record for good; parking it in the dead-letter table");
-                        self.dead_letter(seq, format!("kafka delivery failed: {e}"));
-                        self.inflight[idx].done = true;
-                    }
+                    Failure::Permanent => self.on_refused(idx, seq, &e),
                     Failure::Retry => {
                         if self.need_rebuild.is_none() {
                             self.need_rebuild =
@@ -448,6 +471,52 @@ impl Forwarder {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Kafka refused record `seq` (at `idx` in flight) for good: send it alone, then
+    /// alone and restamped, and park it only when that is refused too.
+    fn on_refused(&mut self, idx: usize, seq: u64, e: &KafkaError) {
+        let alone = (self.inflight.iter().enumerate()).all(|(i, s)| i == idx || s.done);
+        let next = match self.suspects.get(&seq) {
+            None => Some(Suspect::Alone),
+            Some(Suspect::Alone)
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(RDKafkaErrorCode::InvalidRecord | RDKafkaErrorCode::InvalidTimestamp)
+                ) =>
+            {
+                Some(Suspect::Restamped)
+            }
+            Some(_) if !alone => Some(Suspect::Alone), // not isolated after all: again
+            Some(_) => None,
+        };
+        match next {
+            Some(next) => {
+                if next == Suspect::Restamped {
+                    tracing::warn!(seq, error = %e, "Kafka refused the record alone; its receive time may be what the broker refused (topic message.timestamp.before/after.max.ms, or the gateway's clock was wrong): sending it stamped with the time of sending");
+                } else if self.suspects.is_empty() {
+                    tracing::warn!(seq, error = %e, "Kafka refused a record; replaying and sending each refused record alone to find which ones are at fault");
+                }
+                self.suspects.insert(seq, next);
+                if alone && self.suspects.get(&seq) == Some(&Suspect::Restamped) {
+                    // Nothing else in flight: send it again without a rebuild (the
+                    // slots before it are done; nothing was sent after it).
+                    for slot in self.inflight.drain(idx..) {
+                        self.inflight_bytes -= slot.bytes as usize;
+                    }
+                    self.cursor = seq;
+                } else {
+                    self.need_rebuild
+                        .get_or_insert_with(|| format!("Kafka refused record {seq}: {e}"));
+                }
+            }
+            None => {
+                tracing::warn!(seq, error = %e, "Kafka refused the record alone, for good; parking it in the dead-letter table");
+                self.suspects.remove(&seq);
+                self.dead_letter(seq, format!("kafka delivery failed: {e}"));
+                self.inflight[idx].done = true;
             }
         }
     }
@@ -512,11 +581,31 @@ impl Forwarder {
             if room == 0 || room_bytes == 0 {
                 return Ok(sent_any);
             }
+            // A refused record travels alone: nothing is sent while it is in flight,
+            // and it is sent only when nothing else is.
+            let next_suspect = self.suspects.range(self.cursor..).next().map(|(s, _)| *s);
+            if next_suspect.is_some()
+                && self
+                    .inflight
+                    .iter()
+                    .any(|s| !s.done && self.suspects.contains_key(&s.seq))
+            {
+                return Ok(sent_any);
+            }
+            let idle = self.inflight.iter().all(|s| s.done);
+            let mut alone = false;
             let mut queue_full = false;
             let mut dead = Vec::new();
             let mut sent = Vec::new();
             let wal = self.wal.clone();
             let read = wal.for_each_from(self.cursor, room.min(2048), room_bytes, |seq, rec| {
+                let suspect = next_suspect.is_some_and(|s| seq >= s);
+                if suspect {
+                    if !(idle && sent.is_empty() && dead.is_empty()) {
+                        return std::ops::ControlFlow::Break(());
+                    }
+                    alone = true;
+                }
                 match self.send(seq, &rec) {
                     Ok(()) => sent.push((seq, encoded_len(&rec))),
                     Err(SendError::QueueFull) => {
@@ -530,6 +619,9 @@ impl Forwarder {
                         self.need_rebuild.get_or_insert(reason);
                         return std::ops::ControlFlow::Break(());
                     }
+                }
+                if alone {
+                    return std::ops::ControlFlow::Break(());
                 }
                 std::ops::ControlFlow::Continue(())
             });
@@ -552,6 +644,7 @@ impl Forwarder {
             for (seq, bytes, reason) in all {
                 let done = reason.is_some();
                 if let Some(reason) = reason {
+                    self.suspects.remove(&seq);
                     tracing::warn!(seq, %reason, "record cannot be sent; parking it in the dead-letter table");
                     self.shared
                         .counters
@@ -564,7 +657,7 @@ impl Forwarder {
                 self.cursor = seq + 1;
                 sent_any = true;
             }
-            if queue_full || read == 0 || self.need_rebuild.is_some() {
+            if queue_full || alone || read == 0 || self.need_rebuild.is_some() {
                 return Ok(sent_any);
             }
         }
@@ -610,8 +703,10 @@ impl Forwarder {
         let mut record: BaseRecord<'_, [u8], [u8], usize> =
             BaseRecord::with_opaque_to(&topic, seq as usize)
                 .payload(rec.payload)
-                .headers(headers)
-                .timestamp(rec.receive_time_ms as i64);
+                .headers(headers);
+        if self.suspects.get(&seq) != Some(&Suspect::Restamped) {
+            record = record.timestamp(rec.receive_time_ms as i64);
+        }
         if self.loaded.config.kafka.key == KeyMode::MqttTopic {
             record = record.key(rec.topic.as_bytes());
         }

@@ -161,16 +161,18 @@ fn transient_produce_errors_are_retried_without_loss() {
 fn permanent_error_parks_records_and_the_rest_flows() {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("mock", 1, 1).unwrap();
+    // Every produce request for a while is refused: the refused batch's records are
+    // sent again alone, refused again, and parked.
     cluster.request_errors(
         RDKafkaApiKey::Produce,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED],
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 50],
     );
     let rig = Rig::start(&cluster.bootstrap_servers(), 1000);
     rig.wait_all_resolved(1000, Duration::from_secs(60));
     let s = rig.wal.stats();
     assert!(
         s.dead_letters > 0,
-        "the refused batch is parked, not dropped"
+        "the records refused alone are parked, not dropped"
     );
     assert_eq!(
         s.dead_letters + rig.forwarded(),
@@ -185,6 +187,32 @@ fn permanent_error_parks_records_and_the_rest_flows() {
             .kafka_records_dead_lettered
             .load(Relaxed),
         s.dead_letters
+    );
+    rig.stop();
+}
+
+#[test]
+fn batch_mates_of_a_refused_batch_are_delivered_not_parked() {
+    // The broker refuses a whole batch for one bad record (INVALID_RECORD). Here only
+    // the first produce request is refused: sent again alone, every record of that
+    // batch is accepted, so nothing may be parked.
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("mock", 1, 1).unwrap();
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_RECORD],
+    );
+    let rig = Rig::start(&cluster.bootstrap_servers(), 1000);
+    rig.wait_all_resolved(1000, Duration::from_secs(60));
+    assert_eq!(
+        rig.wal.stats().dead_letters,
+        0,
+        "a refused batch's records were parked"
+    );
+    assert!(rig.forwarded() >= 1000);
+    assert!(
+        rig.shared.counters.kafka_delivery_errors.load(Relaxed) > 0,
+        "the refusal was not injected"
     );
     rig.stop();
 }

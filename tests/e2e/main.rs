@@ -19,6 +19,7 @@ mod faults;
 mod mosquitto_restart;
 mod outage;
 mod systemd;
+mod timestamps;
 mod unknown_topic;
 mod wal_faults;
 
@@ -107,6 +108,7 @@ fn main() {
         outage::kafka_down_for_minutes_while_traffic_continues,
         bad_input::retained_message_and_bad_admin_requests,
         systemd::notify_ready_watchdog_stopping_and_stuck_loop,
+        timestamps::refused_timestamps_are_restamped_not_stalled,
     ];
     let trials = tests
         .into_iter()
