@@ -489,6 +489,18 @@ impl Forwarder {
             {
                 Some(Suspect::Restamped)
             }
+            // Refused even stamped with the time of sending: the gateway's clock is
+            // off now. Not the record's fault: it waits in the WAL, retried with
+            // backoff, until the clock is fixed.
+            Some(Suspect::Restamped)
+                if e.rdkafka_error_code() == Some(RDKafkaErrorCode::InvalidTimestamp) =>
+            {
+                tracing::error!(seq, "Kafka refuses the current time as a timestamp: the gateway's clock is off from the broker's by more than the topic allows (message.timestamp.before/after.max.ms); records wait in the WAL until the clock is fixed");
+                self.need_rebuild.get_or_insert_with(|| {
+                    format!("Kafka refused record {seq} stamped with the current time: is the gateway's clock wrong? {e}")
+                });
+                return;
+            }
             Some(_) if !alone => Some(Suspect::Alone), // not isolated after all: again
             Some(_) => None,
         };

@@ -218,6 +218,32 @@ fn batch_mates_of_a_refused_batch_are_delivered_not_parked() {
 }
 
 #[test]
+fn refused_timestamps_wait_for_the_clock_not_parked() {
+    // INVALID_TIMESTAMP for the batch, for the record alone, and for the record alone
+    // stamped with the current time (the gateway's clock is wrong): the record is not
+    // the problem, so it waits and is retried, never parked.
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("mock", 1, 1).unwrap();
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_TIMESTAMP; 5],
+    );
+    let rig = Rig::start(&cluster.bootstrap_servers(), 1000);
+    rig.wait_all_resolved(1000, Duration::from_secs(60));
+    assert_eq!(
+        rig.wal.stats().dead_letters,
+        0,
+        "records were parked for the clock"
+    );
+    assert!(rig.forwarded() >= 1000);
+    assert!(
+        rig.shared.counters.kafka_delivery_errors.load(Relaxed) >= 3,
+        "the refusals were not injected"
+    );
+    rig.stop();
+}
+
+#[test]
 fn kafka_down_then_up_delivers_backlog() {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("mock", 3, 1).unwrap();
