@@ -1,13 +1,25 @@
 //! MQTT -> WAL. The ingest task polls rumqttc's event loop and hands each PUBLISH to
-//! the WAL thread; the acker task acknowledges (PUBACK / PUBREC) each one only once the
-//! commit holding it is durable, in the order received.
+//! the WAL thread, and acknowledges (PUBACK / PUBREC) each one only once the commit
+//! holding it is durable, in the order received.
+//!
+//! The acknowledgements released by one durable commit are written to the socket
+//! together and flushed once. Through `AsyncClient::ack`, rumqttc 0.25 flushes every
+//! request on its own: one 4-byte `writev` and TCP segment per message, which Mosquitto
+//! then reads one per event-loop pass and falls behind on (docs/BENCHMARKS.md). So the
+//! ingest task writes them itself, between two `poll()`s: after each event, and when
+//! the durable count moves while `poll()` waits (that drops the waiting `poll()`
+//! future, which rumqttc's own `select!` does to it all the time too).
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use backoff::backoff::Backoff;
-use rumqttc::{AsyncClient, ConnectionError, Event, MqttOptions, Packet, QoS, Transport};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, PubAck, PubRec, QoS,
+    Transport,
+};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -86,17 +98,15 @@ pub async fn run(
         .network_options
         .set_connection_timeout(loaded.config.mqtt.connection_timeout.as_secs().max(1));
 
-    let connection = Arc::new(AtomicU64::new(0));
-    let (ack_tx, ack_rx) = mpsc::unbounded_channel::<AckItem>();
-    let (acked_tx, mut acked_rx) = watch::channel(0u64);
-    let acker = tokio::spawn(acker(
-        client.clone(),
-        ack_rx,
-        durable.clone(),
-        connection.clone(),
-        acked_tx,
-        shared.clone(),
-    ));
+    let mut durable = durable;
+    let mut connection = 0u64;
+    let mut acks: VecDeque<AckItem> = VecDeque::new();
+    let mut acked_ticket = 0u64;
+    let flush_timeout = loaded
+        .config
+        .mqtt
+        .connection_timeout
+        .max(Duration::from_secs(1));
 
     let mut backoff = backoff::ExponentialBackoff {
         initial_interval: loaded.config.mqtt.reconnect_min_delay,
@@ -123,19 +133,40 @@ pub async fn run(
         let event = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
+            r = durable.changed(), if !acks.is_empty() => {
+                if r.is_err() {
+                    anyhow::bail!("WAL thread stopped");
+                }
+                let d = *durable.borrow_and_update();
+                send_acks(&mut eventloop, &mut acks, d, connection, &shared, &mut acked_ticket, flush_timeout).await;
+                continue;
+            }
             ev = state::beating(&shared.heartbeats.ingest, eventloop.poll()) => ev,
         };
+        if acks.front().is_some_and(|a| a.ticket <= *durable.borrow()) {
+            let d = *durable.borrow_and_update();
+            send_acks(
+                &mut eventloop,
+                &mut acks,
+                d,
+                connection,
+                &shared,
+                &mut acked_ticket,
+                flush_timeout,
+            )
+            .await;
+        }
         match event {
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 ticket += 1;
                 shared.counters.mqtt_messages_received.fetch_add(1, Relaxed);
                 if p.qos != QoS::AtMostOnce {
                     last_acked_ticket = ticket;
-                    let _ = ack_tx.send(AckItem {
+                    acks.push_back(AckItem {
                         ticket,
                         pkid: p.pkid,
                         qos: p.qos,
-                        connection: connection.load(Relaxed),
+                        connection,
                     });
                 }
                 let pending = Pending {
@@ -158,7 +189,7 @@ pub async fn run(
                 connected = true;
                 failures_logged = 0;
                 backoff.reset();
-                connection.fetch_add(1, Relaxed);
+                connection += 1;
                 shared.mqtt_connected.store(true, Relaxed);
                 state::set(&shared.mqtt_server, Some(servers[server_idx].to_string()));
                 state::set(&shared.mqtt_last_error, None);
@@ -220,11 +251,22 @@ pub async fn run(
     if connected && last_acked_ticket > 0 {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
-            if *acked_rx.borrow() >= last_acked_ticket {
+            let d = *durable.borrow_and_update();
+            send_acks(
+                &mut eventloop,
+                &mut acks,
+                d,
+                connection,
+                &shared,
+                &mut acked_ticket,
+                flush_timeout,
+            )
+            .await;
+            if acked_ticket >= last_acked_ticket {
                 break;
             }
             tokio::select! {
-                r = acked_rx.changed() => if r.is_err() { break },
+                r = durable.changed() => if r.is_err() { break },
                 ev = eventloop.poll() => if ev.is_err() { break },
                 _ = tokio::time::sleep_until(deadline) => {
                     tracing::warn!("some durable messages were not acknowledged before shutdown; the broker will resend them (duplicates)");
@@ -233,7 +275,6 @@ pub async fn run(
             }
         }
     }
-    drop(ack_tx);
     if connected {
         let _ = client.try_disconnect();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
@@ -248,7 +289,6 @@ pub async fn run(
         }
     }
     shared.mqtt_connected.store(false, Relaxed);
-    acker.abort();
     tracing::info!("MQTT ingest stopped");
     Ok(())
 }
@@ -262,32 +302,46 @@ fn describe(e: &ConnectionError) -> String {
     }
 }
 
-/// Acknowledge each message, in arrival order, once the WAL says it is durable.
-async fn acker(
-    client: AsyncClient,
-    mut rx: mpsc::UnboundedReceiver<AckItem>,
-    mut durable: watch::Receiver<u64>,
-    connection: Arc<AtomicU64>,
-    acked: watch::Sender<u64>,
-    shared: Arc<Shared>,
+/// Acknowledge, in arrival order, every queued message whose ticket is `<= durable`,
+/// writing the packets to the socket together and flushing once.
+async fn send_acks(
+    eventloop: &mut EventLoop,
+    acks: &mut VecDeque<AckItem>,
+    durable: u64,
+    connection: u64,
+    shared: &Shared,
+    acked_ticket: &mut u64,
+    flush_timeout: Duration,
 ) {
-    while let Some(item) = rx.recv().await {
-        if *durable.borrow() < item.ticket && durable.wait_for(|d| *d >= item.ticket).await.is_err()
-        {
-            return; // WAL thread gone: never ack what is not durable.
-        }
-        if item.connection == connection.load(Relaxed) {
-            #[cfg(feature = "failpoints")]
-            crate::failpoint("ingest-after-commit-before-ack");
-            let mut p = rumqttc::Publish::new("", item.qos, Vec::<u8>::new());
-            p.pkid = item.pkid;
-            if client.ack(&p).await.is_err() {
-                return;
+    let mut wrote = false;
+    let mut broken = false;
+    while acks.front().is_some_and(|a| a.ticket <= durable) {
+        let item = acks.pop_front().expect("checked above");
+        // A message from an earlier (or failing) connection is not acknowledged: the
+        // broker resends it (with DUP) and the resend is acknowledged instead.
+        if item.connection == connection && !broken {
+            if let Some(net) = eventloop.network.as_mut() {
+                #[cfg(feature = "failpoints")]
+                crate::failpoint("ingest-after-commit-before-ack");
+                let packet = match item.qos {
+                    QoS::ExactlyOnce => Packet::PubRec(PubRec::new(item.pkid)),
+                    _ => Packet::PubAck(PubAck::new(item.pkid)),
+                };
+                if net.write(packet).await.is_ok() {
+                    wrote = true;
+                    shared.counters.mqtt_messages_acked.fetch_add(1, Relaxed);
+                } else {
+                    // The connection is failing; poll() reports it.
+                    broken = true;
+                }
             }
-            shared.counters.mqtt_messages_acked.fetch_add(1, Relaxed);
         }
-        // Else it came on an earlier connection: the broker resends it (with DUP) and
-        // the resend is acknowledged instead.
-        acked.send_replace(item.ticket);
+        *acked_ticket = item.ticket;
+    }
+    if wrote {
+        if let Some(net) = eventloop.network.as_mut() {
+            // On error or timeout the bytes stay buffered; poll() flushes or fails.
+            let _ = tokio::time::timeout(flush_timeout, net.flush()).await;
+        }
     }
 }
