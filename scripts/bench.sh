@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The benchmark: every figure of issue 4 next to its ceiling, in one run, one table.
 #
-#   scripts/bench.sh            bounded default run (about 10-13 minutes)
-#   scripts/bench.sh --quick    smaller counts, for development (about 2-3 minutes)
+#   scripts/bench.sh            bounded default run (4-5 minutes on the 2-core dev machine)
+#   scripts/bench.sh --quick    smaller counts, for development (1-2 minutes)
 #
 # Starts a throwaway Mosquitto and Kafka (scripts/mosquitto-local.sh,
 # scripts/kafka-local.sh) on free loopback ports in a temp dir and measures, with
@@ -537,7 +537,7 @@ row(1, "durable ingest, Kafka stopped", f"{ir:,} msg/s", f"{cr:,} msg/s ({best})
 dr, kr = r["drain_rate"], r["kcat_rate"]
 row(2, f"drain of {r['walfill_backlog']['records']:,} records", f"{dr:,} msg/s", f"{kr:,} msg/s (kcat -P)", f"{dr/kr:.2f}", ">= 0.8", dr >= 0.8 * kr)
 er, nr = r["e2e_rate"], r["naive_rate"]
-row(3, "end to end, durable", f"{er:,} msg/s", f"{nr:,} msg/s (mosquitto_sub | kcat -P)", f"{er/nr:.2f}", ">= 1.0", er >= nr)
+row(3, "end to end, durable", f"{er:,} msg/s", f"{nr:,} msg/s (mosquitto_sub \\| kcat -P)", f"{er/nr:.2f}", ">= 1.0", er >= nr)
 for rate in (1000, 10000):
     l = r[f"latency_{rate}"]
     ok = l["p99_ms"] <= 20 if rate == 1000 else True
