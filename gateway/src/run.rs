@@ -123,6 +123,7 @@ pub async fn run(
 
     // WAL thread.
     let (wal_tx, wal_rx) = mpsc::channel(16_384);
+    let (forward_wal_tx, forward_wal_rx) = mpsc::channel(1024);
     let (durable_tx, durable_rx) = watch::channel(0u64);
     let (events_tx, events_rx) = stdmpsc::channel();
     let wake_pending = Arc::new(AtomicBool::new(false));
@@ -143,7 +144,8 @@ pub async fn run(
         std::thread::Builder::new()
             .name("wal".into())
             .spawn(move || {
-                writer::run(wal, wal_rx, durable_tx, shared, opts, abort, move || {
+                let inbox = writer::Inbox::new(wal_rx, forward_wal_rx);
+                writer::run(wal, inbox, durable_tx, shared, opts, abort, move || {
                     if !wake_pending.swap(true, Relaxed) {
                         let _ = events_tx.send(forward::Event::Wake);
                     }
@@ -156,7 +158,7 @@ pub async fn run(
     let forward_stop = CancellationToken::new();
     let forwarder_thread = {
         let wal = wal.clone();
-        let wal_tx = wal_tx.clone();
+        let wal_tx = forward_wal_tx;
         let loaded = loaded.clone();
         let shared = shared.clone();
         let stop = forward_stop.clone();

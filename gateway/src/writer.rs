@@ -51,6 +51,84 @@ pub enum WalCmd {
     DeadLetter(u64, String),
 }
 
+/// The WAL thread's two inboxes. The forwarder's commands (deletes, dead letters; in
+/// the order sent, so a record is parked before an ack covering it deletes it) have
+/// their own channel and are always taken first: while commits fail and appends are
+/// held, they must not wait behind the ingest's appends, since the deletes are what
+/// frees space on a full disk.
+#[derive(Debug)]
+pub struct Inbox {
+    ingest: mpsc::Receiver<WalCmd>,
+    forward: mpsc::Receiver<WalCmd>,
+    ingest_open: bool,
+    forward_open: bool,
+}
+
+impl Inbox {
+    /// Appends come on `ingest`; acks and dead letters on `forward`.
+    pub fn new(ingest: mpsc::Receiver<WalCmd>, forward: mpsc::Receiver<WalCmd>) -> Self {
+        Self {
+            ingest,
+            forward,
+            ingest_open: true,
+            forward_open: true,
+        }
+    }
+
+    /// The next command, forwarder's first; `None` once every sender is gone.
+    async fn recv(&mut self) -> Option<WalCmd> {
+        loop {
+            if !self.ingest_open && !self.forward_open {
+                return None;
+            }
+            tokio::select! {
+                biased;
+                cmd = self.forward.recv(), if self.forward_open => match cmd {
+                    Some(cmd) => return Some(cmd),
+                    None => self.forward_open = false,
+                },
+                cmd = self.ingest.recv(), if self.ingest_open => match cmd {
+                    Some(cmd) => return Some(cmd),
+                    None => self.ingest_open = false,
+                },
+            }
+        }
+    }
+
+    /// A queued command, forwarder's first.
+    fn try_recv(&mut self) -> Result<WalCmd, mpsc::error::TryRecvError> {
+        if let Some(cmd) = self.try_recv_forward() {
+            return Ok(cmd);
+        }
+        if self.ingest_open {
+            match self.ingest.try_recv() {
+                Err(mpsc::error::TryRecvError::Disconnected) => self.ingest_open = false,
+                r => return r,
+            }
+        }
+        if self.forward_open {
+            Err(mpsc::error::TryRecvError::Empty)
+        } else {
+            Err(mpsc::error::TryRecvError::Disconnected)
+        }
+    }
+
+    /// A queued forwarder command.
+    fn try_recv_forward(&mut self) -> Option<WalCmd> {
+        if !self.forward_open {
+            return None;
+        }
+        match self.forward.try_recv() {
+            Ok(cmd) => Some(cmd),
+            Err(mpsc::error::TryRecvError::Disconnected) => {
+                self.forward_open = false;
+                None
+            }
+            Err(mpsc::error::TryRecvError::Empty) => None,
+        }
+    }
+}
+
 /// Bounds of one group commit.
 #[derive(Debug, Clone)]
 pub struct WriterOptions {
@@ -115,12 +193,12 @@ fn low_space(wal: &Wal, min_free: u64, need: u64) -> Option<String> {
     ))
 }
 
-/// Run the WAL thread until every command sender is gone (or `abort` is cancelled
+/// Run the WAL thread until every command sender of `inbox` is gone (or `abort` is cancelled
 /// while a commit keeps failing). `durable` receives the number of appends on disk;
 /// `on_append` is called after each commit that appended records.
 pub fn run(
     wal: Arc<Wal>,
-    mut rx: mpsc::Receiver<WalCmd>,
+    mut rx: Inbox,
     durable: watch::Sender<u64>,
     shared: Arc<Shared>,
     opts: WriterOptions,
@@ -283,7 +361,7 @@ struct Retry<'a> {
     shared: &'a Shared,
     abort: &'a CancellationToken,
     rt: &'a tokio::runtime::Runtime,
-    rx: &'a mut mpsc::Receiver<WalCmd>,
+    rx: &'a mut Inbox,
     held: &'a mut Vec<Pending>,
     closed: &'a mut bool,
 }
@@ -418,9 +496,13 @@ impl Retry<'_> {
         }
     }
 
-    /// Take queued commands: deletes join this batch, appends wait in `held`.
+    /// Take queued commands: deletes join this batch, appends wait in `held`. The
+    /// forwarder's are always all taken, even when `held` is full.
     fn take_queued(&mut self, dead: &mut Vec<(u64, String)>, ack: &mut Option<u64>) {
         let mut ignored = 0usize;
+        while let Some(cmd) = self.rx.try_recv_forward() {
+            take(cmd, self.held, dead, ack, &mut ignored);
+        }
         while self.held.len() < HOLD_LIMIT {
             match self.rx.try_recv() {
                 Ok(cmd) => take(cmd, self.held, dead, ack, &mut ignored),
@@ -509,6 +591,62 @@ fn sync_unsynced(wal: &Wal, shared: &Shared, unsynced: &mut bool) {
 mod tests {
     use super::*;
 
+    fn pending(i: u8) -> Pending {
+        Pending {
+            topic: "t".into(),
+            payload: Bytes::from(vec![i; 8]),
+            qos: 1,
+            retain: false,
+            dup: false,
+            receive_time_ms: 0,
+        }
+    }
+
+    /// With commits failing and `held` full, the forwarder's deletes must still be
+    /// taken (they free the space), not wait behind queued appends.
+    #[test]
+    fn forwarder_commands_are_taken_when_held_appends_are_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path(), wal::WalOptions::default()).unwrap();
+        let shared = Shared::default();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (ingest_tx, ingest_rx) = mpsc::channel(16);
+        let (forward_tx, forward_rx) = mpsc::channel(16);
+        let mut inbox = Inbox::new(ingest_rx, forward_rx);
+        for i in 0..16u8 {
+            ingest_tx.try_send(WalCmd::Append(pending(i))).unwrap();
+        }
+        forward_tx
+            .try_send(WalCmd::DeadLetter(7, "refused".into()))
+            .unwrap();
+        forward_tx.try_send(WalCmd::AckUpTo(9)).unwrap();
+        let mut held: Vec<Pending> = (0..HOLD_LIMIT).map(|_| pending(0)).collect();
+        let mut closed = false;
+        let abort = CancellationToken::new();
+        let mut ctx = Retry {
+            min_free: 0,
+            wal: &wal,
+            shared: &shared,
+            abort: &abort,
+            rt: &rt,
+            rx: &mut inbox,
+            held: &mut held,
+            closed: &mut closed,
+        };
+        let (mut dead, mut ack) = (Vec::new(), None);
+        ctx.take_queued(&mut dead, &mut ack);
+        assert_eq!(ack, Some(9), "the ack waited behind held appends");
+        assert_eq!(dead, vec![(7, "refused".to_string())]);
+        assert_eq!(
+            held.len(),
+            HOLD_LIMIT,
+            "appends beyond the limit were taken"
+        );
+        assert!(!closed);
+    }
+
     /// `wal.commit_linger` > 0 used to panic the WAL thread ("no reactor running").
     #[test]
     fn commit_linger_commits_after_lingering() {
@@ -527,9 +665,11 @@ mod tests {
         let thread = std::thread::spawn({
             let wal = wal.clone();
             move || {
+                // No forwarder here: its channel is closed from the start.
+                let (_, no_forwarder) = mpsc::channel(1);
                 run(
                     wal,
-                    rx,
+                    Inbox::new(rx, no_forwarder),
                     durable_tx,
                     shared,
                     opts,
@@ -539,15 +679,7 @@ mod tests {
             }
         });
         for i in 0..3u8 {
-            tx.blocking_send(WalCmd::Append(Pending {
-                topic: "t".into(),
-                payload: Bytes::from(vec![i; 8]),
-                qos: 1,
-                retain: false,
-                dup: false,
-                receive_time_ms: 0,
-            }))
-            .unwrap();
+            tx.blocking_send(WalCmd::Append(pending(i))).unwrap();
         }
         drop(tx);
         thread.join().expect("WAL thread panicked");

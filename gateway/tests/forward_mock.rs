@@ -60,9 +60,11 @@ impl Rig {
         let writer = {
             let (wal, shared) = (wal.clone(), shared.clone());
             std::thread::spawn(move || {
+                // No ingest here: its channel is closed from the start.
+                let (_, no_ingest) = mpsc::channel(1);
                 writer::run(
                     wal,
-                    wal_rx,
+                    writer::Inbox::new(no_ingest, wal_rx),
                     durable_tx,
                     shared,
                     WriterOptions {
