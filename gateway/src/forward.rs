@@ -197,9 +197,11 @@ struct Forwarder {
 const FIRST_REBUILD_DELAY: Duration = Duration::from_millis(100);
 
 /// A record Kafka refused for good. The broker refuses whole batches (one record with
-/// a bad timestamp or no key for a compacted topic fails its batch-mates too), so a
+/// a bad timestamp or no key for a compacted topic fails its batch-mates too; a batch
+/// above the topic's `max.message.bytes` fails although each record fits), so a
 /// refused record is not parked at once: it is sent again alone, nothing else in
-/// flight, and parked only if it is refused alone.
+/// flight, and parked only if it is refused alone. Errors about the whole topic
+/// (missing, not authorized) park at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Suspect {
     /// Refused in a batch: send it alone, as it was.
@@ -479,7 +481,20 @@ impl Forwarder {
     /// alone and restamped, and park it only when that is refused too.
     fn on_refused(&mut self, idx: usize, seq: u64, e: &KafkaError) {
         let alone = (self.inflight.iter().enumerate()).all(|(i, s)| i == idx || s.done);
+        // Errors about the topic (missing, not authorized) hold for every record of
+        // it: sending it alone would change nothing.
+        let topic_wide = matches!(
+            e.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::UnknownTopicOrPartition
+                    | RDKafkaErrorCode::UnknownTopic
+                    | RDKafkaErrorCode::UnknownPartition
+                    | RDKafkaErrorCode::InvalidTopic
+                    | RDKafkaErrorCode::TopicAuthorizationFailed
+            )
+        );
         let next = match self.suspects.get(&seq) {
+            _ if topic_wide => None,
             None => Some(Suspect::Alone),
             Some(Suspect::Alone)
                 if matches!(
