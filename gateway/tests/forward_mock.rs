@@ -193,30 +193,29 @@ fn permanent_error_parks_records_and_the_rest_flows() {
     rig.stop();
 }
 
+/// Inject `errors` on the first produce requests of 1,000 records; check that none
+/// is parked, all are delivered, and at least `injected` refusals were seen.
+fn refused_then_delivered_not_parked(errors: &[RDKafkaRespErr], injected: u64) {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("mock", 1, 1).unwrap();
+    cluster.request_errors(RDKafkaApiKey::Produce, errors);
+    let rig = Rig::start(&cluster.bootstrap_servers(), 1000);
+    rig.wait_all_resolved(1000, Duration::from_secs(60));
+    assert_eq!(rig.wal.stats().dead_letters, 0, "records were parked");
+    assert!(rig.forwarded() >= 1000);
+    assert!(
+        rig.shared.counters.kafka_delivery_errors.load(Relaxed) >= injected,
+        "the refusals were not injected"
+    );
+    rig.stop();
+}
+
 #[test]
 fn batch_mates_of_a_refused_batch_are_delivered_not_parked() {
     // The broker refuses a whole batch for one bad record (INVALID_RECORD). Here only
     // the first produce request is refused: sent again alone, every record of that
     // batch is accepted, so nothing may be parked.
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("mock", 1, 1).unwrap();
-    cluster.request_errors(
-        RDKafkaApiKey::Produce,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_RECORD],
-    );
-    let rig = Rig::start(&cluster.bootstrap_servers(), 1000);
-    rig.wait_all_resolved(1000, Duration::from_secs(60));
-    assert_eq!(
-        rig.wal.stats().dead_letters,
-        0,
-        "a refused batch's records were parked"
-    );
-    assert!(rig.forwarded() >= 1000);
-    assert!(
-        rig.shared.counters.kafka_delivery_errors.load(Relaxed) > 0,
-        "the refusal was not injected"
-    );
-    rig.stop();
+    refused_then_delivered_not_parked(&[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_RECORD], 1);
 }
 
 #[test]
@@ -224,25 +223,7 @@ fn refused_timestamps_wait_for_the_clock_not_parked() {
     // INVALID_TIMESTAMP for the batch, for the record alone, and for the record alone
     // stamped with the current time (the gateway's clock is wrong): the record is not
     // the problem, so it waits and is retried, never parked.
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic("mock", 1, 1).unwrap();
-    cluster.request_errors(
-        RDKafkaApiKey::Produce,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_TIMESTAMP; 5],
-    );
-    let rig = Rig::start(&cluster.bootstrap_servers(), 1000);
-    rig.wait_all_resolved(1000, Duration::from_secs(60));
-    assert_eq!(
-        rig.wal.stats().dead_letters,
-        0,
-        "records were parked for the clock"
-    );
-    assert!(rig.forwarded() >= 1000);
-    assert!(
-        rig.shared.counters.kafka_delivery_errors.load(Relaxed) >= 3,
-        "the refusals were not injected"
-    );
-    rig.stop();
+    refused_then_delivered_not_parked(&[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_TIMESTAMP; 5], 3);
 }
 
 #[test]
