@@ -59,7 +59,12 @@ pub fn clock_jumps_back_and_forward_lose_nothing() -> Result<(), Failed> {
     // (its first idempotent-PID retry never fired under +1d): an artifact of the
     // preload, not of a real jump, where both use the same clock.
     let plan = ["-1d", "-25h", "-1h", "-1h"];
-    set_clock(&clock, plan[0])?;
+    // Start on the real time and go a day behind only once serving: started a day
+    // behind, librdkafka's first producer (config validation) sometimes spun in its
+    // gettimeofday()-based timed waits under libfaketime's lock and the gateway never
+    // served (3 of 15 starts here; 0 of 15 started on the real time). Another preload
+    // artifact: the first jump (to -1d) still happens with the gateway running.
+    set_clock(&clock, "+0")?;
     let env = [
         ("LD_PRELOAD", lib.to_str().unwrap()),
         ("FAKETIME_TIMESTAMP_FILE", clock.to_str().unwrap()),
