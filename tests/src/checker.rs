@@ -412,14 +412,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn detects_loss_duplicates_and_reordering() {
-        let published: Vec<Published> = (1..=3)
+    /// Publisher `p`, messages 1..=3 on key `k`.
+    fn published_1_to_3() -> Vec<Published> {
+        (1..=3)
             .map(|i| Published {
                 topic: "k".into(),
                 payload: format!("p:{i}:x").into_bytes(),
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn detects_loss_duplicates_and_reordering() {
+        let published = published_1_to_3();
         let consumed = vec![
             rec("t", 0, "k", "p:2"),
             rec("t", 1, "k", "p:1"),
@@ -447,12 +452,7 @@ mod tests {
 
     #[test]
     fn duplicates_are_classified_by_seq_and_fault_times() {
-        let published: Vec<Published> = (1..=3)
-            .map(|i| Published {
-                topic: "k".into(),
-                payload: format!("p:{i}:x").into_bytes(),
-            })
-            .collect();
+        let published = published_1_to_3();
         let consumed = vec![
             copy(0, "p:1", 1, 10_000),
             copy(1, "p:2", 2, 20_000),
