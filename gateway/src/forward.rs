@@ -185,6 +185,8 @@ struct Forwarder {
     watermark: u64,
     acked_sent: u64,
     last_ack: Instant,
+    /// When the producer last reported a delivery (or was built).
+    last_report: Instant,
     need_rebuild: Option<String>,
     rebuild_delay: Duration,
     seq_text: String,
@@ -192,6 +194,9 @@ struct Forwarder {
     /// Records Kafka refused for good once, and what to try next (see [`Suspect`]).
     suspects: BTreeMap<u64, Suspect>,
 }
+
+/// No delivery report for this long with records in flight: rebuild the producer.
+const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The first producer backoff; doubled on each rebuild up to 10 s, reset by a delivery.
 const FIRST_REBUILD_DELAY: Duration = Duration::from_millis(100);
@@ -338,6 +343,7 @@ pub fn run(
         watermark: cursor - 1,
         acked_sent: cursor - 1,
         last_ack: Instant::now(),
+        last_report: Instant::now(),
         need_rebuild: None,
         rebuild_delay: FIRST_REBUILD_DELAY,
         seq_text: String::new(),
@@ -382,6 +388,18 @@ impl Forwarder {
                     .map(|(c, s)| format!("{c:?}: {s}"))
                     .unwrap_or_else(|| "fatal error".into());
                 self.need_rebuild = Some(why);
+            }
+            // A producer that holds records without reporting anything for this long
+            // is rebuilt: after Kafka was frozen past the client timeouts, an
+            // idempotent producer was seen to stay silent for good.
+            if self.inflight.is_empty() {
+                self.last_report = Instant::now(); // idle is not silence
+            } else if self.need_rebuild.is_none() && self.last_report.elapsed() >= STALL_TIMEOUT {
+                self.need_rebuild = Some(format!(
+                    "no delivery report for {}s with {} records in flight",
+                    STALL_TIMEOUT.as_secs(),
+                    self.inflight.len()
+                ));
             }
             if let Some(why) = self.need_rebuild.take() {
                 if shutdown.is_cancelled() {
@@ -431,6 +449,7 @@ impl Forwarder {
                     if generation != self.generation {
                         continue; // a report from a producer already replaced
                     }
+                    self.last_report = Instant::now();
                     self.on_delivery(seq_low, error);
                 }
             }
@@ -781,6 +800,7 @@ impl Forwarder {
         self.inflight.clear();
         self.inflight_bytes = 0;
         self.cursor = self.watermark + 1;
+        self.last_report = Instant::now();
         Ok(())
     }
 }
