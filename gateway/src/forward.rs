@@ -179,14 +179,26 @@ struct Forwarder {
     producer: ThreadedProducer<Ctx>,
     fatal: Arc<AtomicBool>,
     generation: u64,
+    /// Every record sent since the watermark, in sequence order: the ones Kafka
+    /// acknowledged stay until the records before them are acknowledged too.
     inflight: VecDeque<Slot>,
-    inflight_bytes: usize,
+    /// Records in `inflight` not acknowledged yet (held by librdkafka): the window.
+    pending: usize,
+    /// Their encoded bytes.
+    pending_bytes: usize,
     cursor: u64,
     watermark: u64,
     acked_sent: u64,
     last_ack: Instant,
     /// When the producer last reported a delivery (or was built).
     last_report: Instant,
+    /// This producer has reported a delivery (see [`Forwarder::kick_producer_id`]).
+    reported: bool,
+    /// When this producer was built, and when it was last kicked.
+    built: Instant,
+    last_kick: Option<Instant>,
+    /// A topic this producer sends to (for the kick's metadata request).
+    kick_topic: Option<String>,
     need_rebuild: Option<String>,
     rebuild_delay: Duration,
     seq_text: String,
@@ -194,6 +206,10 @@ struct Forwarder {
     /// Records Kafka refused for good once, and what to try next (see [`Suspect`]).
     suspects: BTreeMap<u64, Suspect>,
 }
+
+/// The slots kept in sequence order (acknowledged or not) are bounded at this many
+/// times `max_in_flight_records` (16 bytes each).
+const MAX_SLOTS_PER_RECORD: usize = 4;
 
 /// No delivery report for this long with records in flight: rebuild the producer.
 const STALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -338,12 +354,17 @@ pub fn run(
         fatal,
         generation: 0,
         inflight: VecDeque::new(),
-        inflight_bytes: 0,
+        pending: 0,
+        pending_bytes: 0,
         cursor,
         watermark: cursor - 1,
         acked_sent: cursor - 1,
         last_ack: Instant::now(),
         last_report: Instant::now(),
+        reported: false,
+        built: Instant::now(),
+        last_kick: None,
+        kick_topic: None,
         need_rebuild: None,
         rebuild_delay: FIRST_REBUILD_DELAY,
         seq_text: String::new(),
@@ -361,7 +382,7 @@ impl Forwarder {
             if shutdown.is_cancelled() {
                 let deadline = *drain_deadline.get_or_insert_with(|| {
                     tracing::info!(
-                        in_flight = self.inflight.len(),
+                        in_flight = self.pending,
                         "draining in-flight Kafka deliveries"
                     );
                     Instant::now() + grace
@@ -371,7 +392,7 @@ impl Forwarder {
                 }
                 if Instant::now() >= deadline {
                     tracing::warn!(
-                        in_flight = self.inflight.len(),
+                        in_flight = self.pending,
                         "grace period over; undelivered records stay in the WAL for the next start"
                     );
                     break;
@@ -392,13 +413,13 @@ impl Forwarder {
             // A producer that holds records without reporting anything for this long
             // is rebuilt: after Kafka was frozen past the client timeouts, an
             // idempotent producer was seen to stay silent for good.
-            if self.inflight.is_empty() {
+            if self.pending == 0 {
                 self.last_report = Instant::now(); // idle is not silence
             } else if self.need_rebuild.is_none() && self.last_report.elapsed() >= STALL_TIMEOUT {
                 self.need_rebuild = Some(format!(
                     "no delivery report for {}s with {} records in flight",
                     STALL_TIMEOUT.as_secs(),
-                    self.inflight.len()
+                    self.pending
                 ));
             }
             if let Some(why) = self.need_rebuild.take() {
@@ -414,6 +435,9 @@ impl Forwarder {
                 false
             };
             if !progressed {
+                if !self.reported && self.pending > 0 {
+                    self.kick_producer_id();
+                }
                 let wait = if drain_deadline.is_some() {
                     Duration::from_millis(50)
                 } else {
@@ -450,6 +474,7 @@ impl Forwarder {
                         continue; // a report from a producer already replaced
                     }
                     self.last_report = Instant::now();
+                    self.reported = true;
                     self.on_delivery(seq_low, error);
                 }
             }
@@ -467,7 +492,7 @@ impl Forwarder {
         };
         match error {
             None => {
-                self.inflight[idx].done = true;
+                self.mark_done(idx);
                 self.rebuild_delay = FIRST_REBUILD_DELAY;
                 if self.suspects.remove(&seq) == Some(Suspect::Restamped) {
                     tracing::info!(seq, "record delivered stamped with the time of sending");
@@ -550,7 +575,10 @@ impl Forwarder {
                     // Nothing else in flight: send it again without a rebuild (the
                     // slots before it are done; nothing was sent after it).
                     for slot in self.inflight.drain(idx..) {
-                        self.inflight_bytes -= slot.bytes as usize;
+                        if !slot.done {
+                            self.pending -= 1;
+                            self.pending_bytes -= slot.bytes as usize;
+                        }
                     }
                     self.cursor = seq;
                 } else {
@@ -562,7 +590,7 @@ impl Forwarder {
                 tracing::warn!(seq, error = %e, "Kafka refused the record alone, for good; parking it in the dead-letter table");
                 self.suspects.remove(&seq);
                 self.dead_letter(seq, format!("kafka delivery failed: {e}"));
-                self.inflight[idx].done = true;
+                self.mark_done(idx);
             }
         }
     }
@@ -579,18 +607,53 @@ impl Forwarder {
         }
     }
 
+    /// Help a new producer get its producer id. librdkafka 2.12 drops the bootstrap
+    /// connection once metadata names the broker, so the idempotent producer's first
+    /// attempt to get an id finds no broker up and waits for its fixed 500 ms retry
+    /// timer, holding every record back (a start with a backlog, and every rebuild,
+    /// lost half a second). A metadata response also runs that state machine, so
+    /// until the first delivery report, at most every 50 ms for the first 2 s, ask
+    /// for the metadata of a topic being sent to; the request waits for a broker to
+    /// be up.
+    fn kick_producer_id(&mut self) {
+        const KICK_FOR: Duration = Duration::from_secs(2);
+        const KICK_EVERY: Duration = Duration::from_millis(50);
+        if self.built.elapsed() >= KICK_FOR
+            || self.last_kick.is_some_and(|t| t.elapsed() < KICK_EVERY)
+        {
+            return;
+        }
+        let Some(topic) = self.kick_topic.as_deref() else {
+            return;
+        };
+        self.last_kick = Some(Instant::now());
+        let _ = self
+            .producer
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_millis(100));
+    }
+
+    /// Kafka is done with the slot at `idx` (delivered or parked).
+    fn mark_done(&mut self, idx: usize) {
+        let slot = &mut self.inflight[idx];
+        if !slot.done {
+            slot.done = true;
+            self.pending -= 1;
+            self.pending_bytes -= slot.bytes as usize;
+        }
+    }
+
     fn advance_watermark(&mut self) {
         while let Some(front) = self.inflight.front() {
             if !front.done {
                 break;
             }
             self.watermark = front.seq;
-            self.inflight_bytes -= front.bytes as usize;
             self.inflight.pop_front();
         }
         self.shared
             .kafka_in_flight
-            .store(self.inflight.len() as u64, Relaxed);
+            .store(self.pending as u64, Relaxed);
     }
 
     fn maybe_send_ack(&mut self, force: bool) -> anyhow::Result<()> {
@@ -616,14 +679,24 @@ impl Forwarder {
     fn fill(&mut self) -> anyhow::Result<bool> {
         let mut sent_any = false;
         loop {
+            // The window counts the records librdkafka holds, not the acknowledged
+            // ones that wait for an earlier record (of another partition, say) before
+            // the prefix can be deleted: counting those stalled the drain whenever one
+            // partition's batch came back later than the others'. The slots
+            // themselves are small; they are bounded at MAX_SLOTS_PER_RECORD x the
+            // window.
             let room = self
                 .opts
                 .max_in_flight_records
-                .saturating_sub(self.inflight.len());
+                .saturating_sub(self.pending)
+                .min(
+                    (self.opts.max_in_flight_records * MAX_SLOTS_PER_RECORD)
+                        .saturating_sub(self.inflight.len()),
+                );
             let room_bytes = self
                 .opts
                 .max_in_flight_bytes
-                .saturating_sub(self.inflight_bytes);
+                .saturating_sub(self.pending_bytes);
             if room == 0 || room_bytes == 0 {
                 return Ok(sent_any);
             }
@@ -638,7 +711,7 @@ impl Forwarder {
             {
                 return Ok(sent_any);
             }
-            let idle = self.inflight.iter().all(|s| s.done);
+            let idle = self.pending == 0;
             let mut alone = false;
             let mut queue_full = false;
             let mut dead = Vec::new();
@@ -699,7 +772,10 @@ impl Forwarder {
                     self.dead_letter(seq, reason);
                 }
                 self.inflight.push_back(Slot { seq, bytes, done });
-                self.inflight_bytes += bytes as usize;
+                if !done {
+                    self.pending += 1;
+                    self.pending_bytes += bytes as usize;
+                }
                 self.cursor = seq + 1;
                 sent_any = true;
             }
@@ -711,6 +787,9 @@ impl Forwarder {
 
     fn send(&mut self, seq: u64, rec: &RecordRef<'_>) -> Result<(), SendError> {
         let topic = self.router.route(rec.topic).map_err(SendError::Permanent)?;
+        if self.kick_topic.is_none() {
+            self.kick_topic = Some(topic.to_string());
+        }
         use std::fmt::Write;
         self.seq_text.clear();
         let _ = write!(self.seq_text, "{seq}");
@@ -798,9 +877,14 @@ impl Forwarder {
             &self.opts,
         )?;
         self.inflight.clear();
-        self.inflight_bytes = 0;
+        self.pending = 0;
+        self.pending_bytes = 0;
         self.cursor = self.watermark + 1;
         self.last_report = Instant::now();
+        self.reported = false;
+        self.built = Instant::now();
+        self.last_kick = None;
+        self.kick_topic = None;
         Ok(())
     }
 }
