@@ -50,6 +50,21 @@ pub struct Snapshot {
     pub dead_letters: DeadLetters,
     /// Monotonic counters since process start.
     pub counters: Counters,
+    /// How long each durable WAL commit took (write and fsync): `/metrics` only.
+    #[serde(skip)]
+    pub wal_commit_seconds: Histogram,
+}
+
+/// A cumulative histogram, as Prometheus reads one.
+#[derive(Debug, Clone, Default)]
+pub struct Histogram {
+    /// (upper bound in seconds, observations <= it), bounds ascending; the `+Inf`
+    /// bucket is `count`.
+    pub buckets: Vec<(f64, u64)>,
+    /// Sum of the observations, seconds.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
 }
 
 /// State of the MQTT ingest.

@@ -119,6 +119,13 @@ pub(crate) fn render(s: &Snapshot) -> String {
         family(&mut out, name, help, "gauge", "", &value);
     }
 
+    histogram(
+        &mut out,
+        "mkg_wal_commit_duration_seconds",
+        "Durable WAL commits by duration (writes and fsync): MQTT acknowledgements wait for them; a slow or failing SD card shows here first.",
+        &s.wal_commit_seconds,
+    );
+
     let labels = format!(
         "{{version=\"{}\",gateway_id=\"{}\"}}",
         escape_label(&s.version),
@@ -141,6 +148,16 @@ fn family(out: &mut String, name: &str, help: &str, kind: &str, labels: &str, va
         out,
         "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{labels} {value}\n"
     );
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, h: &crate::Histogram) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (le, n) in &h.buckets {
+        let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {n}", float(*le));
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
+    let _ = writeln!(out, "{name}_sum {}", float(h.sum));
+    let _ = writeln!(out, "{name}_count {}", h.count);
 }
 
 fn flag(b: bool) -> String {
@@ -180,6 +197,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn histogram_buckets_are_cumulative_with_inf_sum_and_count() {
+        let s = Snapshot {
+            wal_commit_seconds: crate::Histogram {
+                buckets: vec![(0.001, 3), (0.02, 7)],
+                sum: 0.0425,
+                count: 9,
+            },
+            ..Snapshot::default()
+        };
+        let text = render(&s);
+        for line in [
+            "# TYPE mkg_wal_commit_duration_seconds histogram",
+            "mkg_wal_commit_duration_seconds_bucket{le=\"0.001\"} 3",
+            "mkg_wal_commit_duration_seconds_bucket{le=\"0.02\"} 7",
+            "mkg_wal_commit_duration_seconds_bucket{le=\"+Inf\"} 9",
+            "mkg_wal_commit_duration_seconds_sum 0.0425",
+            "mkg_wal_commit_duration_seconds_count 9",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+
+    #[test]
     fn escapes_label_values() {
         assert_eq!(escape_label("plain"), "plain");
         assert_eq!(escape_label("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
@@ -200,7 +243,15 @@ mod tests {
         let mut samples = 0;
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             samples += 1;
-            let name = line.split(['{', ' ']).next().unwrap();
+            let sample = line.split(['{', ' ']).next().unwrap();
+            let name = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| {
+                    let base = sample.strip_suffix(suffix)?;
+                    text.contains(&format!("# TYPE {base} histogram"))
+                        .then_some(base)
+                })
+                .unwrap_or(sample);
             assert!(
                 text.contains(&format!("# HELP {name} ")),
                 "no HELP for {name}"
@@ -211,7 +262,7 @@ mod tests {
             );
             assert!(name.starts_with("mkg_"), "{name} lacks the mkg_ prefix");
         }
-        assert_eq!(samples, 21);
+        assert_eq!(samples, 24);
         assert!(text.ends_with('\n'));
     }
 }

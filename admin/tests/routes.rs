@@ -219,6 +219,14 @@ async fn metrics_exposition() {
     assert!(body
         .lines()
         .any(|l| l == r#"mkg_build_info{version="1.2.3",gateway_id="edge-7"} 1"#));
+    assert!(body.contains("\n# TYPE mkg_wal_commit_duration_seconds histogram\n"));
+    for line in [
+        r#"mkg_wal_commit_duration_seconds_bucket{le="0.02"} 104"#,
+        r#"mkg_wal_commit_duration_seconds_bucket{le="+Inf"} 105"#,
+        "mkg_wal_commit_duration_seconds_count 105",
+    ] {
+        assert!(body.lines().any(|l| l == line), "{line} in\n{body}");
+    }
 }
 
 #[tokio::test]

@@ -32,6 +32,49 @@ pub struct Counters {
     pub kafka_producer_rebuilds: AtomicU64,
 }
 
+/// Upper bounds (seconds) of the WAL commit duration histogram. 20 ms is the
+/// publish-to-Kafka latency target at 1,000 msg/s (docs/BENCHMARKS.md).
+pub const COMMIT_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// Durations of durable WAL commits, lock-free (one writer, the WAL thread).
+#[derive(Debug, Default)]
+pub struct CommitTimes {
+    /// Commits per bucket of [`COMMIT_BUCKETS`] (not cumulative), then above the last.
+    counts: [AtomicU64; COMMIT_BUCKETS.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl CommitTimes {
+    /// Count one commit that took `d`.
+    pub fn record(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = COMMIT_BUCKETS
+            .iter()
+            .position(|le| secs <= *le)
+            .unwrap_or(COMMIT_BUCKETS.len());
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+
+    /// The cumulative histogram for `/metrics`.
+    pub fn histogram(&self) -> admin::Histogram {
+        let mut total = 0;
+        let mut buckets = Vec::with_capacity(COMMIT_BUCKETS.len());
+        for (le, n) in COMMIT_BUCKETS.iter().zip(&self.counts) {
+            total += n.load(Relaxed);
+            buckets.push((*le, total));
+        }
+        total += self.counts[COMMIT_BUCKETS.len()].load(Relaxed);
+        admin::Histogram {
+            buckets,
+            sum: self.sum_us.load(Relaxed) as f64 / 1e6,
+            count: total,
+        }
+    }
+}
+
 /// How often a loop that is waiting (idle, or for a broker) still beats.
 pub const HEARTBEAT_TICK: Duration = Duration::from_secs(1);
 
@@ -136,6 +179,8 @@ impl Heartbeats {
 pub struct Shared {
     /// Counters.
     pub counters: Counters,
+    /// How long durable WAL commits take.
+    pub commit_times: CommitTimes,
     /// An MQTT session is up.
     pub mqtt_connected: AtomicBool,
     /// New MQTT messages are being written (false while the WAL cannot commit).
@@ -161,6 +206,7 @@ impl Default for Shared {
     fn default() -> Self {
         Self {
             counters: Counters::default(),
+            commit_times: CommitTimes::default(),
             mqtt_connected: AtomicBool::new(false),
             mqtt_accepting: AtomicBool::new(true),
             mqtt_server: Mutex::new(None),
@@ -251,6 +297,7 @@ impl admin::Source for AdminView {
                 kafka_delivery_errors: c.kafka_delivery_errors.load(Relaxed),
                 kafka_producer_rebuilds: c.kafka_producer_rebuilds.load(Relaxed),
             },
+            wal_commit_seconds: s.commit_times.histogram(),
         }
     }
 }
@@ -262,6 +309,27 @@ mod tests {
     /// Make a heartbeat look fresh (age 0) or silent since the epoch.
     fn set(h: &Heartbeat, fresh: bool) {
         h.last_ms.store(if fresh { u64::MAX } else { 0 }, Relaxed);
+    }
+
+    #[test]
+    fn commit_times_are_cumulative_with_everything_in_count() {
+        let t = CommitTimes::default();
+        for ms in [0.3, 0.3, 1.5, 20.0, 30.0, 9_000.0] {
+            t.record(Duration::from_secs_f64(ms / 1000.0));
+        }
+        let h = t.histogram();
+        let at = |le: f64| h.buckets.iter().find(|(b, _)| *b == le).unwrap().1;
+        assert_eq!(at(0.0005), 2);
+        assert_eq!(at(0.002), 3);
+        assert_eq!(at(0.02), 4); // 20 ms is inside the 20 ms bucket
+        assert_eq!(at(0.05), 5);
+        assert_eq!(at(5.0), 5);
+        assert_eq!(h.count, 6); // the 9 s commit only in +Inf
+        assert!((h.sum - 9.0521).abs() < 1e-6, "{}", h.sum);
+        assert!(h
+            .buckets
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1));
     }
 
     #[test]

@@ -431,11 +431,15 @@ impl Retry<'_> {
             } else {
                 Durability::Immediate
             };
+            let started = Instant::now();
             let result = self
                 .wal
                 .commit(&build(appends, dead, *ack), clone_durability(&durability));
             match result {
                 Ok(outcome) => {
+                    if matches!(durability, Durability::Immediate) {
+                        self.shared.commit_times.record(started.elapsed());
+                    }
                     if failing {
                         tracing::info!("WAL commits succeed again; acknowledging MQTT messages");
                         self.shared.wal_writable.store(true, Relaxed);

@@ -208,6 +208,21 @@ pub fn admin_backlog_and_metrics() -> Result<(), Failed> {
             })
         },
     );
+    // Every durable commit is in the commit-duration histogram, and only those:
+    // its count equals the commits that acknowledged the 100 messages, at most 100.
+    let (_, metrics) = harness::http_get(gw.admin, "/metrics")?;
+    let sample = |name: &str| -> Option<f64> {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    };
+    let commits = sample("mkg_wal_commit_duration_seconds_count");
+    let inf = sample("mkg_wal_commit_duration_seconds_bucket{le=\"+Inf\"}");
+    if !commits.is_some_and(|n| (1.0..=100.0).contains(&n)) || inf != commits {
+        return Err(fail(format!(
+            "commit histogram: count {commits:?}, +Inf {inf:?}\n{metrics}"
+        )));
+    }
     let status = gw.json("/status");
     if status["mqtt"]["connected"] != true || status["wal"]["writable"] != true {
         return Err(fail(format!("status: {status}")));

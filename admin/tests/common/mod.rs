@@ -5,7 +5,9 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use admin::{Backlog, Counters, DeadLetters, KafkaStatus, MqttStatus, Snapshot, Source, WalStatus};
+use admin::{
+    Backlog, Counters, DeadLetters, Histogram, KafkaStatus, MqttStatus, Snapshot, Source, WalStatus,
+};
 
 /// Stands in for the gateway; tests swap the snapshot and count how often it is read.
 #[derive(Debug, Default)]
@@ -78,6 +80,11 @@ pub fn healthy() -> Snapshot {
             kafka_records_dead_lettered: 108,
             kafka_delivery_errors: 109,
             kafka_producer_rebuilds: 110,
+        },
+        wal_commit_seconds: Histogram {
+            buckets: vec![(0.001, 100), (0.02, 104)],
+            sum: 0.125,
+            count: 105,
         },
     }
 }
