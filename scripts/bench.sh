@@ -244,6 +244,23 @@ gw_stop() {
     wait "$GW_PID" 2>/dev/null || true
     GW_PID=""
 }
+# The gateway's WAL commit-duration histogram (from the last scrape), and what
+# changed between two of them: commits, their p99 bucket and the share over 20 ms.
+commit_hist() { grep '^mkg_wal_commit_duration_seconds_bucket' <<<"$METRICS" || true; }
+commit_hist_diff() {
+    python3 - "$1" "$2" <<'PY'
+import re, sys
+def load(f):
+    return {m[1]: int(m[2]) for m in re.finditer(r'le="([^"]+)"\} (\d+)', open(f).read())}
+a, b = load(sys.argv[1]), load(sys.argv[2])
+d = {k: b[k] - a.get(k, 0) for k in b}
+total = d.get("+Inf", 0)
+keys = sorted(d, key=lambda k: float("inf") if k == "+Inf" else float(k))
+p99 = next((k for k in keys if d[k] >= 0.99 * total), "+Inf")
+over = total - d.get("0.02", 0)
+print(f"{total:,} durable commits, p99 <= {p99} s, {over:,} ({100 * over / max(total, 1):.1f}%) over 20 ms")
+PY
+}
 rss_kb() { awk '/^VmRSS/ { print $2 }' "/proc/$GW_PID/status"; }
 hwm_kb() { awk '/^VmHWM/ { print $2 }' "/proc/$GW_PID/status"; }
 reset_hwm() { echo 5 >"/proc/$GW_PID/clear_refs"; }
@@ -424,6 +441,7 @@ for rate in 1000 10000; do
     C0=$(metric mkg_wal_records_committed_total)
     K0=$(metric mkg_wal_commits_total)
     W0=$(wbytes)
+    commit_hist >"$DIR/commits0_$rate"
     loadgen load/lat "$n" "lat$rate" "$rate"
     wait "$LAT" || die "latency at $rate: $(cat "$DIR/latency_$rate.err")"
     wait_metric "m[\"mkg_backlog_records\"] == 0" 60 || true
@@ -431,6 +449,8 @@ for rate in 1000 10000; do
     put "wa_$rate" "$(python3 -c "print(round(($(wbytes) - $W0) / ($n * $SIZE), 2))")"
     put "batch_$rate" "$(python3 -c "print(round(($(metric mkg_wal_records_committed_total) - $C0) / max(1, $(metric mkg_wal_commits_total) - $K0), 1))")"
     put "commits_per_s_$rate" "$(python3 -c "print(round(($(metric mkg_wal_commits_total) - $K0) / $LAT_SECS))")"
+    commit_hist >"$DIR/commits1_$rate"
+    put "commit_times_$rate" "$(commit_hist_diff "$DIR/commits0_$rate" "$DIR/commits1_$rate")"
 done
 gw_stop
 
@@ -578,6 +598,8 @@ for rate in (1000, 10000):
     l = r[f"latency_{rate}"]
     print(f"latency at {rate:,}/s: publish -> gateway receive p50 {l['to_gateway_p50_ms']} ms, p99 {l['to_gateway_p99_ms']} ms; "
           f"p90 {l['p90_ms']} ms, max {l['max_ms']} ms, {l['received']:,} received, {l['duplicates']} duplicates")
+for rate in (1000, 10000):
+    print(f"WAL commit times at {rate:,}/s: {r[f'commit_times_{rate}']}")
 print(f"disk bytes written per WAL commit at 1,000/s: {r['wa_1000'] * 256 * r['batch_1000']:,.0f} "
       f"(bytes/payload byte x 256 x records/commit)")
 print(f"Kafka check (topic bench, per run): {r['kafka_check']}")
