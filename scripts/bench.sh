@@ -93,7 +93,7 @@ if [[ ${BENCH_NO_BUILD:-0} != 1 ]]; then
     # test-only `failpoints` feature (the tools depend on the gateway with it).
     say "building the release gateway and the bench tools"
     cargo build --release --locked -q -p mqtt-kafka-gateway
-    cargo build --release --locked -q -p mkg-e2e --bin loadgen --bin latency --bin walfill --bin mqttsub
+    cargo build --release --locked -q -p mkg-e2e --bin loadgen --bin latency --bin walfill --bin mqttsub --bin kprod
 fi
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 GW_BIN="$TARGET/release/mqtt-kafka-gateway"
@@ -101,7 +101,8 @@ LOADGEN="$TARGET/release/loadgen"
 LATENCY="$TARGET/release/latency"
 WALFILL="$TARGET/release/walfill"
 MQTTSUB="$TARGET/release/mqttsub"
-for b in "$GW_BIN" "$LOADGEN" "$LATENCY" "$WALFILL" "$MQTTSUB"; do
+KPROD="$TARGET/release/kprod"
+for b in "$GW_BIN" "$LOADGEN" "$LATENCY" "$WALFILL" "$MQTTSUB" "$KPROD"; do
     [[ -x $b ]] || die "missing $b (build first, or drop BENCH_NO_BUILD)"
 done
 
@@ -177,10 +178,10 @@ MQ_PID="$(cat "$DIR/mosquitto/mosquitto.pid")"
 K_PID="$(cat "$DIR/kafka/kafka.pid")"
 HZ=$(getconf CLK_TCK)
 # Create the topics (auto-create, 3 partitions) with one record each.
-for t in bench big kcatref naive; do
+for t in bench big kcatref kprodref naive; do
     echo "create" | timeout 60 kcat -b "$BOOT" -t "$t" -P -X acks=all || die "cannot create topic $t"
 done
-for t in bench big kcatref naive; do
+for t in bench big kcatref kprodref naive; do
     for _ in $(seq 1 100); do
         timeout 10 kcat -b "$BOOT" -L -t "$t" 2>/dev/null | grep -q 'partition 2,' && break
         sleep 0.2
@@ -474,6 +475,13 @@ kcat -P -b "$BOOT" -t kcatref -K $'\t' -l -X acks=all -X enable.idempotence=true
     "$DIR/records.txt"
 put kcat_rate "$(python3 -c "print(round($N_BACKLOG * 1000 / ($(now_ms) - $T0)))")"
 put kcat_kafka_cpu_us "$(us_per_msg "$KK0" "$(cpu_ticks "$K_PID")" "$N_BACKLOG")"
+# The same records through the gateway's own librdkafka (2.12; kcat links Debian's
+# 2.0): what the client library alone reaches here (tests/src/bin/kprod.rs).
+say "2a. kprod (kcat -P on the gateway's librdkafka): $N_BACKLOG records from a file"
+"$KPROD" --bootstrap "$BOOT" --topic kprodref --file "$DIR/records.txt" \
+    --header mqtt.topic=load/dev/0/0 --header mqtt.qos=1 --header mqtt.retain=false \
+    --header gateway.received_at_ms=1700000000000 --header gateway.id=bench-drain \
+    --header gateway.seq=1234567 >"$R/kprod.json" || die "kprod failed"
 rm -f "$DIR/records.txt"
 
 say "2b. gateway drain of a $N_BACKLOG-record backlog"
@@ -555,6 +563,7 @@ ir, cr = r["ingest_rate"], r["ceiling_rate"]
 best = "mosquitto_sub -q 1" if r["ceiling_c_rate"] >= r["ceiling_rust_rate"] else "rumqttc subscriber"
 row(1, "durable ingest, Kafka stopped", f"{ir:,} msg/s", f"{cr:,} msg/s ({best})", f"{ir/cr:.2f}", ">= 0.9", ir >= 0.9 * cr)
 dr, kr = r["drain_rate"], r["kcat_rate"]
+kp = r["kprod"]["rate"]
 row(2, f"drain of {r['walfill_backlog']['records']:,} records", f"{dr:,} msg/s", f"{kr:,} msg/s (kcat -P)", f"{dr/kr:.2f}", ">= 0.8", dr >= 0.8 * kr)
 er, nr = r["e2e_rate"], r["naive_rate"]
 row(3, "end to end, durable", f"{er:,} msg/s", f"{nr:,} msg/s (mosquitto_sub \\| kcat -P)", f"{er/nr:.2f}", ">= 1.0", er >= nr)
@@ -587,6 +596,8 @@ print(f"details: publishers' ack rate in 1a {r['ceiling_pub_rate']:,} msg/s, in 
       f"gateway CPU {r['e2e_gw_cpu_us']} us/msg at full speed; naive pipeline delivered {r['naive_in_kafka']:,} records; "
       f"drain rate over the first seconds of the big backlog {r['big_drain_rate']:,} msg/s; "
       f"binary before strip {r['bin_bytes']:,} B")
+print(f"ceilings in 2: kcat -P (librdkafka 2.0) {r['kcat_rate']:,} msg/s; kprod, the same on the gateway's librdkafka 2.12, "
+      f"{kp:,} msg/s: drain / kprod {r['drain_rate'] / kp:.2f}")
 print(f"ceilings in 1: mosquitto_sub -q 1 {r['ceiling_c_rate']:,} msg/s, rumqttc subscriber (mqttsub) {r['ceiling_rust_rate']:,} msg/s")
 print(f"CPU us/msg in 1: ceiling (mosquitto_sub run): Mosquitto {r['ceiling_mq_cpu_us']}, mosquitto_sub {r['ceiling_sub_cpu_us']}; "
       f"ingest: Mosquitto {r['ingest_mq_cpu_us']}, gateway {r['ingest_gw_cpu_us']} ({r['ingest_threads']})")
