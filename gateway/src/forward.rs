@@ -192,6 +192,8 @@ struct Forwarder {
     last_ack: Instant,
     /// When the producer last reported a delivery (or was built).
     last_report: Instant,
+    /// See [`stall_timeout`].
+    stall_timeout: Duration,
     /// This producer has reported a delivery (see [`Forwarder::kick_producer_id`]).
     reported: bool,
     /// When this producer was built, and when it was last kicked.
@@ -211,8 +213,26 @@ struct Forwarder {
 /// times `max_in_flight_records` (16 bytes each).
 const MAX_SLOTS_PER_RECORD: usize = 4;
 
-/// No delivery report for this long with records in flight: rebuild the producer.
-const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// No delivery report for this long past librdkafka's own longest silence with records
+/// in flight: rebuild the producer (see [`stall_timeout`]).
+const STALL_MARGIN: Duration = Duration::from_secs(30);
+
+/// How long a producer may hold records without any delivery report before it is
+/// taken as stuck and rebuilt: [`STALL_MARGIN`] past `topic.metadata.propagation.max.ms`
+/// (30 s by default). Records for a topic that does not exist wait silently that long
+/// before they fail and are parked; a shorter stall timeout rebuilt the producer
+/// first, which restarted their wait, so they were never parked (1 run in 3 of
+/// `unknown_topic::`, with both at 30 s).
+fn stall_timeout(loaded: &Loaded) -> Duration {
+    let propagation_ms = loaded
+        .producer_properties
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "topic.metadata.propagation.max.ms")
+        .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+        .unwrap_or(30_000);
+    Duration::from_millis(propagation_ms) + STALL_MARGIN
+}
 
 /// The first producer backoff; doubled on each rebuild up to 10 s, reset by a delivery.
 const FIRST_REBUILD_DELAY: Duration = Duration::from_millis(100);
@@ -340,6 +360,7 @@ pub fn run(
             "replaying WAL backlog to Kafka"
         );
     }
+    let stall_timeout = stall_timeout(&loaded);
     let mut f = Forwarder {
         router: loaded.router.clone(),
         wal,
@@ -361,6 +382,7 @@ pub fn run(
         acked_sent: cursor - 1,
         last_ack: Instant::now(),
         last_report: Instant::now(),
+        stall_timeout,
         reported: false,
         built: Instant::now(),
         last_kick: None,
@@ -415,10 +437,12 @@ impl Forwarder {
             // idempotent producer was seen to stay silent for good.
             if self.pending == 0 {
                 self.last_report = Instant::now(); // idle is not silence
-            } else if self.need_rebuild.is_none() && self.last_report.elapsed() >= STALL_TIMEOUT {
+            } else if self.need_rebuild.is_none()
+                && self.last_report.elapsed() >= self.stall_timeout
+            {
                 self.need_rebuild = Some(format!(
                     "no delivery report for {}s with {} records in flight",
-                    STALL_TIMEOUT.as_secs(),
+                    self.stall_timeout.as_secs(),
                     self.pending
                 ));
             }
@@ -911,6 +935,14 @@ mod tests {
         let low = ((base + 7) & 0xffff_ffff) as u32;
         let widened = base.wrapping_add(low.wrapping_sub(base as u32) as u64);
         assert_eq!(widened, base + 7);
+    }
+
+    #[test]
+    fn stall_timeout_outlasts_the_unknown_topic_wait() {
+        let load = |t: &str| crate::config::Config::from_toml(t, "test.toml").unwrap();
+        assert_eq!(stall_timeout(&load("")), Duration::from_secs(60));
+        let custom = load("[kafka.properties]\n\"topic.metadata.propagation.max.ms\" = \"5000\"\n");
+        assert_eq!(stall_timeout(&custom), Duration::from_secs(35));
     }
 
     #[test]

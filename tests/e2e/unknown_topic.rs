@@ -37,11 +37,18 @@ pub fn unknown_topic_is_parked_rest_flows() -> Result<(), Failed> {
         );
     }
     let mut published = site.publish(&msgs, Duration::from_secs(60));
-    wait_until(
-        "5 records parked (delivery reports)",
-        Duration::from_secs(90),
-        || dead_letters(admin) >= 5,
-    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while dead_letters(admin) < 5 {
+        if std::time::Instant::now() > deadline {
+            let log = gw.log();
+            return Err(fail(format!(
+                "5 records not parked within 90 s ({} parked); gateway log (tail):\n{}",
+                dead_letters(admin),
+                &log[log.len().saturating_sub(6000)..]
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // Phase 2: the topic is known not to exist now; send() fails at once.
     let mut msgs2 = messages("ok2", &["u/a".into(), "u/b".into()], 400, 200);
     for i in 5..8u64 {
