@@ -13,12 +13,15 @@
 #        SIGKILL after MKG_MOSQUITTO_STOP_TIMEOUT seconds (default 15).
 #
 # Environment (optional): MKG_MOSQUITTO (binary, default mosquitto on PATH),
-#   MKG_MOSQUITTO_START_TIMEOUT (default 15), MKG_MOSQUITTO_STOP_TIMEOUT (default 15).
+#   MKG_MOSQUITTO_START_TIMEOUT (default 15), MKG_MOSQUITTO_STOP_TIMEOUT (default 15),
+#   MKG_MOSQUITTO_AUTOSAVE (autosave_interval in seconds, default 1 so that a SIGKILL
+#   test loses little; Mosquitto's own default is 1800).
 set -euo pipefail
 
 MOSQUITTO="${MKG_MOSQUITTO:-mosquitto}"
 START_TIMEOUT="${MKG_MOSQUITTO_START_TIMEOUT:-15}"
 STOP_TIMEOUT="${MKG_MOSQUITTO_STOP_TIMEOUT:-15}"
+AUTOSAVE="${MKG_MOSQUITTO_AUTOSAVE:-1}"
 
 LOG_TAG=mosquitto-local
 DAEMON=mosquitto
@@ -61,7 +64,7 @@ listener $port 127.0.0.1
 allow_anonymous true
 persistence true
 persistence_location $data_dir/
-autosave_interval 1
+autosave_interval $AUTOSAVE
 max_inflight_messages 1000
 max_queued_messages 1000000
 max_queued_bytes 0
