@@ -139,6 +139,8 @@ pub struct Counters {
     pub wal_records_committed: u64,
     /// WAL commits (each may hold many records).
     pub wal_commits: u64,
+    /// WAL fsyncs that made appended records durable (each may cover many commits).
+    pub wal_syncs: u64,
     /// Failed WAL commits.
     pub wal_commit_errors: u64,
     /// Records acknowledged by Kafka.

@@ -11,7 +11,7 @@ use crate::Snapshot;
 pub(crate) fn render(s: &Snapshot) -> String {
     let mut out = String::with_capacity(4096);
     let c = &s.counters;
-    let counters: [(&str, &str, u64); 10] = [
+    let counters: [(&str, &str, u64); 11] = [
         (
             "mkg_mqtt_messages_received_total",
             "MQTT publishes received.",
@@ -33,6 +33,11 @@ pub(crate) fn render(s: &Snapshot) -> String {
             c.wal_records_committed,
         ),
         ("mkg_wal_commits_total", "WAL commits.", c.wal_commits),
+        (
+            "mkg_wal_syncs_total",
+            "WAL fsyncs that made appended records durable.",
+            c.wal_syncs,
+        ),
         (
             "mkg_wal_commit_errors_total",
             "Failed WAL commits.",
@@ -262,7 +267,7 @@ mod tests {
             );
             assert!(name.starts_with("mkg_"), "{name} lacks the mkg_ prefix");
         }
-        assert_eq!(samples, 24);
+        assert_eq!(samples, 25);
         assert!(text.ends_with('\n'));
     }
 }

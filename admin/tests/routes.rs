@@ -189,6 +189,7 @@ async fn metrics_exposition() {
         ("mkg_mqtt_reconnects_total", "counter", "103"),
         ("mkg_wal_records_committed_total", "counter", "104"),
         ("mkg_wal_commits_total", "counter", "105"),
+        ("mkg_wal_syncs_total", "counter", "111"),
         ("mkg_wal_commit_errors_total", "counter", "106"),
         ("mkg_kafka_records_forwarded_total", "counter", "107"),
         ("mkg_kafka_records_dead_lettered_total", "counter", "108"),

@@ -72,6 +72,8 @@ pub async fn run(
     let wal_opts = WalOptions {
         cache_size: cfg.wal.cache_size.0 as usize,
         quick_repair: cfg.wal.quick_repair,
+        journal: cfg.wal.journal,
+        checkpoint_bytes: checkpoint_bytes(cfg.wal.checkpoint_bytes.0, cfg.wal.min_free_space.0),
     };
     let opened = tokio::task::spawn_blocking(move || Wal::open(dir, wal_opts))
         .await
@@ -86,6 +88,20 @@ pub async fn run(
         }
     };
     let wal = Arc::new(wal);
+    let recovered = wal.recovered();
+    if recovered.frames > 0 {
+        tracing::info!(
+            commits = recovered.frames,
+            records = recovered.records,
+            "replayed the WAL journal (the last run did not stop cleanly)"
+        );
+    }
+    if let Some(tail) = &recovered.torn_tail {
+        tracing::warn!(
+            %tail,
+            "ignored the torn end of the WAL journal: the commit being written when the last run stopped, never acknowledged to MQTT"
+        );
+    }
     let st = wal.stats();
     tracing::info!(
         path = %wal.path().display(),
@@ -138,6 +154,7 @@ pub async fn run(
             max_batch_records: cfg.wal.max_batch_records,
             max_batch_bytes: cfg.wal.max_batch_bytes.0 as usize,
             linger: cfg.wal.commit_linger,
+            sync_linger: cfg.wal.sync_linger,
             idle_sync: Duration::from_secs(1),
             min_free_space: cfg.wal.min_free_space.0,
         };
@@ -265,4 +282,27 @@ pub async fn run(
         Err(_) => return Err(anyhow::anyhow!("forwarder thread panicked").into()),
     }
     Ok(())
+}
+
+/// The journal's size bound: `wal.checkpoint_bytes`, but at most half the free-space
+/// reserve. Until a checkpoint, the journal's records take disk space twice (journal
+/// and redb); on a nearly full disk the checkpoint that frees the journal must fit in
+/// the reserve.
+fn checkpoint_bytes(configured: u64, min_free_space: u64) -> u64 {
+    if min_free_space == 0 {
+        return configured;
+    }
+    configured.min((min_free_space / 2).max(64 << 10))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn checkpoint_bytes_fit_in_half_the_reserve() {
+        use super::checkpoint_bytes;
+        assert_eq!(checkpoint_bytes(8 << 20, 64 << 20), 8 << 20);
+        assert_eq!(checkpoint_bytes(8 << 20, 1 << 20), 512 << 10);
+        assert_eq!(checkpoint_bytes(8 << 20, 1), 64 << 10);
+        assert_eq!(checkpoint_bytes(8 << 20, 0), 8 << 20);
+    }
 }

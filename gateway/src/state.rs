@@ -20,6 +20,8 @@ pub struct Counters {
     pub wal_records_committed: AtomicU64,
     /// Write transactions committed.
     pub wal_commits: AtomicU64,
+    /// fsyncs that made appended records durable (each releases MQTT acknowledgements).
+    pub wal_syncs: AtomicU64,
     /// Commits that failed (and were retried).
     pub wal_commit_errors: AtomicU64,
     /// Records acknowledged by Kafka.
@@ -291,6 +293,7 @@ impl admin::Source for AdminView {
                 mqtt_reconnects: c.mqtt_reconnects.load(Relaxed),
                 wal_records_committed: c.wal_records_committed.load(Relaxed),
                 wal_commits: c.wal_commits.load(Relaxed),
+                wal_syncs: c.wal_syncs.load(Relaxed),
                 wal_commit_errors: c.wal_commit_errors.load(Relaxed),
                 kafka_records_forwarded: c.kafka_records_forwarded.load(Relaxed),
                 kafka_records_dead_lettered: c.kafka_records_dead_lettered.load(Relaxed),

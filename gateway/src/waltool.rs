@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use wal::{OpenError, Wal, WalOptions, FILE_NAME};
+use wal::{journal, OpenError, Wal, WalOptions, FILE_NAME};
 
 /// A WAL subcommand with its resolved arguments.
 #[derive(Debug)]
@@ -79,6 +79,24 @@ fn move_aside(dir: &Path, force: bool) -> Result<(), String> {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let target = dir.join(format!("{FILE_NAME}.damaged-{now}"));
+    // The journal holds commits the database may not have yet: it moves along, under
+    // the same suffix, so that `wal dump` reads both.
+    let journal_file = dir.join(journal::FILE_NAME);
+    if journal_file.exists() {
+        let journal_target = dir.join(format!("{}.damaged-{now}", journal::FILE_NAME));
+        std::fs::rename(&journal_file, &journal_target).map_err(|e| {
+            format!(
+                "cannot rename {} to {}: {e}",
+                journal_file.display(),
+                journal_target.display()
+            )
+        })?;
+        println!(
+            "moved {} to {}",
+            journal_file.display(),
+            journal_target.display()
+        );
+    }
     std::fs::rename(&file, &target).map_err(|e| {
         format!(
             "cannot rename {} to {}: {e}",
@@ -110,6 +128,12 @@ fn dump(file: &Path, dead_letters: bool) -> Result<(), String> {
     let tmp = tempdir_for(file)?;
     std::fs::copy(file, tmp.join(FILE_NAME))
         .map_err(|e| format!("cannot copy {}: {e}", file.display()))?;
+    // Its journal (commits not yet in the database) is next to it, with the same suffix.
+    if let Some(journal_file) = journal_beside(file) {
+        std::fs::copy(&journal_file, tmp.join(journal::FILE_NAME))
+            .map_err(|e| format!("cannot copy {}: {e}", journal_file.display()))?;
+        eprintln!("reading the journal {} too", journal_file.display());
+    }
     let result = (|| {
         let wal = Wal::open(&tmp, WalOptions::default())
             .map_err(|e| format!("{} cannot be read: {e}", file.display()))?;
@@ -152,6 +176,14 @@ fn dump(file: &Path, dead_letters: bool) -> Result<(), String> {
     })();
     let _ = std::fs::remove_dir_all(&tmp);
     result
+}
+
+/// `journal.log[suffix]` next to `wal.redb[suffix]`, if it exists.
+fn journal_beside(file: &Path) -> Option<PathBuf> {
+    let name = file.file_name()?.to_str()?;
+    let suffix = name.strip_prefix(FILE_NAME)?;
+    let journal_file = file.with_file_name(format!("{}{suffix}", journal::FILE_NAME));
+    journal_file.exists().then_some(journal_file)
 }
 
 fn tempdir_for(file: &Path) -> Result<PathBuf, String> {

@@ -2,10 +2,16 @@
 //!
 //! It blocks for the first command, drains whatever else is queued (up to the batch
 //! bounds, optionally lingering a little), and writes everything in one transaction:
-//! dead letters, then the acknowledged prefix, then the appends. A batch with appends
-//! is committed with `Durability::Immediate` (one fsync) and only then is the durable
-//! count published, which releases the MQTT acknowledgements. While it fsyncs, the
-//! next batch queues up by itself, so batches grow with load.
+//! dead letters, then the acknowledged prefix, then the appends.
+//!
+//! Commits and syncs are separate. A commit makes the records visible to the forwarder
+//! at once (it may send them to Kafka right away: that only ever makes a duplicate).
+//! The fsync that makes them durable (`Wal::sync`: one `fdatasync` of the WAL's
+//! journal) follows within `sync_linger` of the first unsynced append, and only then is
+//! the durable count published, which releases the MQTT acknowledgements (rule 1).
+//! Fewer, larger fsyncs write far fewer bytes: each one rewrites a partly filled page.
+//! With `sync_linger` = 0 every batch with appends is committed durably (one fsync),
+//! and while it fsyncs the next batch queues up by itself, so batches grow with load.
 //!
 //! Ack-only batches are committed without fsync; the next durable commit (or the idle
 //! sync below) makes them durable. Losing one to a power cut only resends records.
@@ -138,6 +144,9 @@ pub struct WriterOptions {
     pub max_batch_bytes: usize,
     /// Extra wait for more messages before committing.
     pub linger: Duration,
+    /// Longest wait of a committed append for the fsync that makes it durable (0 =
+    /// commit durably at once).
+    pub sync_linger: Duration,
     /// After this long idle with unsynced ack-only commits, fsync them.
     pub idle_sync: Duration,
     /// Free space to keep on the WAL's filesystem (0 = no check).
@@ -215,6 +224,9 @@ pub fn run(
     let mut durable_count = 0u64;
     let mut unsynced = false;
     let mut closed = false;
+    // Committed appends waiting for their fsync, the sequence of the first, and when
+    // that fsync is due.
+    let mut waiting = Unsynced::default();
 
     // Appends received while commits were failing: the head of the next batch.
     let mut held: Vec<Pending> = Vec::new();
@@ -225,13 +237,36 @@ pub fn run(
         if held.is_empty() {
             // 1. Block for the first command (or idle-sync after a while).
             let first = rt.block_on(async {
-                if unsynced {
+                if let Some(due) = waiting.due {
+                    let wait = due.saturating_duration_since(Instant::now());
+                    tokio::time::timeout(wait, rx.recv()).await
+                } else if unsynced {
                     tokio::time::timeout(opts.idle_sync, rx.recv()).await
                 } else {
                     Ok(state::beating(&shared.heartbeats.wal, rx.recv()).await)
                 }
             });
             match first {
+                Err(_) if waiting.due.is_some() => {
+                    let mut ctx = Retry {
+                        min_free: opts.min_free_space,
+                        wal: &wal,
+                        shared: &shared,
+                        abort: &abort,
+                        rt: &rt,
+                        rx: &mut rx,
+                        held: &mut held,
+                        closed: &mut closed,
+                        waiting: &mut waiting,
+                        durable_count: &mut durable_count,
+                        durable: &durable,
+                    };
+                    if !ctx.sync_appends() {
+                        return;
+                    }
+                    unsynced = false;
+                    continue;
+                }
                 Err(_) => {
                     sync_unsynced(&wal, &shared, &mut unsynced);
                     continue;
@@ -293,9 +328,12 @@ pub fn run(
             rx: &mut rx,
             held: &mut held,
             closed: &mut closed,
+            waiting: &mut waiting,
+            durable_count: &mut durable_count,
+            durable: &durable,
         };
         let Some((outcome, durability, committed)) =
-            ctx.commit_until_ok(&appends, &mut dead, &mut ack)
+            ctx.commit_until_ok(&appends, &mut dead, &mut ack, opts.sync_linger.is_zero())
         else {
             tracing::warn!(
                 pending = appends.len(),
@@ -308,26 +346,73 @@ pub fn run(
         // Count what moved (a record asked twice after a producer rebuild moves once).
         c.kafka_records_dead_lettered
             .fetch_add(outcome.dead_lettered, Relaxed);
-        unsynced = matches!(durability, Durability::None);
+        let durable_now = matches!(durability, Durability::Immediate);
+        unsynced = !durable_now;
         if committed < appends.len() {
             // Only a prefix fitted (disk nearly full): the rest heads the next batch.
             let rest: Vec<Pending> = appends.drain(committed..).collect();
             held.splice(0..0, rest);
         }
         if !appends.is_empty() {
-            durable_count += appends.len() as u64;
-            c.wal_records_committed
-                .fetch_add(appends.len() as u64, Relaxed);
-            // Rule 1: acknowledgements are released only now, after the fsync.
-            durable.send_replace(durable_count);
+            if durable_now {
+                c.wal_syncs.fetch_add(1, Relaxed);
+                durable_count += appends.len() as u64;
+                c.wal_records_committed
+                    .fetch_add(appends.len() as u64, Relaxed);
+                // Rule 1: acknowledgements are released only now, after the fsync.
+                durable.send_replace(durable_count);
+            } else {
+                // Visible to the forwarder now; acknowledged after the sync below.
+                if waiting.records.is_empty() {
+                    waiting.first_seq = outcome.first_appended.unwrap_or(0);
+                    waiting.due = Some(Instant::now() + opts.sync_linger);
+                }
+                waiting.records.append(&mut appends);
+            }
             on_append();
         }
         appends.clear();
         dead.clear();
         ack = None;
+        let due = waiting.due.is_some_and(|d| {
+            Instant::now() >= d || waiting.records.len() >= opts.max_batch_records
+        });
+        if due || (closed && !waiting.records.is_empty()) {
+            let mut ctx = Retry {
+                min_free: opts.min_free_space,
+                wal: &wal,
+                shared: &shared,
+                abort: &abort,
+                rt: &rt,
+                rx: &mut rx,
+                held: &mut held,
+                closed: &mut closed,
+                waiting: &mut waiting,
+                durable_count: &mut durable_count,
+                durable: &durable,
+            };
+            if !ctx.sync_appends() {
+                return;
+            }
+            unsynced = false;
+        }
     }
     sync_unsynced(&wal, &shared, &mut unsynced);
+    // A clean stop leaves an empty journal: the next start replays nothing.
+    if let Err(e) = wal.checkpoint() {
+        tracing::warn!(error = %e, "WAL checkpoint at shutdown failed; the next start replays the journal");
+    }
     tracing::debug!("WAL thread stopped");
+}
+
+/// Committed appends waiting for the fsync that makes them durable.
+#[derive(Debug, Default)]
+struct Unsynced {
+    records: Vec<Pending>,
+    /// Sequence number of the first of `records`.
+    first_seq: u64,
+    /// When the sync is due (`None` while `records` is empty).
+    due: Option<Instant>,
 }
 
 /// Most appends held in memory while commits fail (beyond it the channel fills and
@@ -364,6 +449,9 @@ struct Retry<'a> {
     rx: &'a mut Inbox,
     held: &'a mut Vec<Pending>,
     closed: &'a mut bool,
+    waiting: &'a mut Unsynced,
+    durable_count: &'a mut u64,
+    durable: &'a watch::Sender<u64>,
 }
 
 impl Retry<'_> {
@@ -377,6 +465,7 @@ impl Retry<'_> {
         appends: &[Pending],
         dead: &mut Vec<(u64, String)>,
         ack: &mut Option<u64>,
+        sync_now: bool,
     ) -> Option<(wal::CommitOutcome, Durability, usize)> {
         let mut delay = Duration::from_millis(50);
         let mut failing = false;
@@ -396,6 +485,14 @@ impl Retry<'_> {
                 if let Some(why) = low_space(self.wal, self.min_free, 2 * need) {
                     if limit > 1 {
                         limit /= 2;
+                        continue;
+                    }
+                    // Space comes back at a checkpoint: the journal's bytes, and the
+                    // pages that deletes freed (redb reuses them only after a durable
+                    // commit). run.rs keeps wal.checkpoint_bytes within half the
+                    // reserve, so the checkpoint fits.
+                    if self.checkpoint_for_space() {
+                        limit = appends.len();
                         continue;
                     }
                     if !low {
@@ -426,10 +523,12 @@ impl Retry<'_> {
                 state::set(&self.shared.wal_last_error, None);
             }
             let appends = &appends[..limit];
-            let durability = if appends.is_empty() && dead.is_empty() {
-                Durability::None
-            } else {
+            self.bypass_journal_when_tight(need);
+            let sync_now = sync_now || self.wal.is_direct();
+            let durability = if sync_now && !(appends.is_empty() && dead.is_empty()) {
                 Durability::Immediate
+            } else {
+                Durability::None
             };
             let started = Instant::now();
             let result = self
@@ -493,11 +592,119 @@ impl Retry<'_> {
                         );
                         continue;
                     }
+                    // Older appends waiting for their fsync go first.
+                    if !self.restore_waiting() {
+                        return None;
+                    }
                     self.take_queued(dead, ack);
                     self.commit_deletes_alone(appends, dead, ack);
                 }
             }
         }
+    }
+
+    /// Make the committed appends waiting for their fsync durable and publish them
+    /// (rule 1). If the fsync fails, the WAL is reopened and the appends are restored
+    /// ([`Retry::restore_waiting`]). Returns false only when `abort` was cancelled first.
+    fn sync_appends(&mut self) -> bool {
+        if self.waiting.records.is_empty() {
+            self.waiting.due = None;
+            return true;
+        }
+        let started = Instant::now();
+        match self.wal.sync() {
+            Ok(()) => {
+                self.shared.commit_times.record(started.elapsed());
+                self.shared.counters.wal_syncs.fetch_add(1, Relaxed);
+                let records = std::mem::take(&mut self.waiting.records);
+                self.waiting.due = None;
+                self.publish(records.len());
+                true
+            }
+            Err(e) => {
+                self.shared.counters.wal_commit_errors.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, "WAL sync failed; MQTT messages are not acknowledged until their records are durable");
+                self.shared.wal_writable.store(false, Relaxed);
+                self.shared.mqtt_accepting.store(false, Relaxed);
+                state::set(&self.shared.wal_last_error, Some(e.to_string()));
+                let mut delay = Duration::from_millis(50);
+                loop {
+                    let cancelled = self.rt.block_on(async {
+                        tokio::select! {
+                            _ = self.abort.cancelled() => true,
+                            _ = tokio::time::sleep(delay) => false,
+                        }
+                    });
+                    if cancelled {
+                        return false;
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    match self.wal.reopen() {
+                        Ok(()) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "reopening the WAL failed; retrying");
+                            state::set(
+                                &self.shared.wal_last_error,
+                                Some(format!("reopening the WAL after a failed sync: {e}")),
+                            );
+                        }
+                    }
+                }
+                if !self.restore_waiting() {
+                    return false;
+                }
+                self.shared.wal_writable.store(true, Relaxed);
+                self.shared.mqtt_accepting.store(true, Relaxed);
+                state::set(&self.shared.wal_last_error, None);
+                true
+            }
+        }
+    }
+
+    /// After a reopen: the appends that were committed but not yet synced are durable
+    /// now if the journal replay brought them back (a reopen checkpoints). Those it did
+    /// not bring back (a suffix: frames replay in order) are committed again, durably,
+    /// in order, before anything newer; they get the same sequence numbers. Then all of
+    /// them are published. Returns false only when `abort` was cancelled first.
+    fn restore_waiting(&mut self) -> bool {
+        let records = std::mem::take(&mut self.waiting.records);
+        self.waiting.due = None;
+        if records.is_empty() {
+            return true;
+        }
+        let present = self
+            .wal
+            .stats()
+            .next_seq
+            .saturating_sub(self.waiting.first_seq)
+            .min(records.len() as u64) as usize;
+        let mut done = present;
+        while done < records.len() {
+            let (mut dead, mut ack) = (Vec::new(), None);
+            let Some((_, _, committed)) =
+                self.commit_until_ok(&records[done..], &mut dead, &mut ack, true)
+            else {
+                return false;
+            };
+            done += committed;
+        }
+        tracing::info!(
+            replayed = present,
+            recommitted = records.len() - present,
+            "WAL reopened; the records waiting for their fsync are durable"
+        );
+        self.publish(records.len());
+        true
+    }
+
+    /// `n` more appends are durable: release their MQTT acknowledgements (rule 1).
+    fn publish(&mut self, n: usize) {
+        *self.durable_count += n as u64;
+        self.shared
+            .counters
+            .wal_records_committed
+            .fetch_add(n as u64, Relaxed);
+        self.durable.send_replace(*self.durable_count);
     }
 
     /// Take queued commands: deletes join this batch, appends wait in `held`. The
@@ -515,6 +722,50 @@ impl Retry<'_> {
                     break;
                 }
                 Err(mpsc::error::TryRecvError::Empty) => break,
+            }
+        }
+    }
+
+    /// Bypass the WAL's journal while free space is within reach of the reserve: the
+    /// journal takes up to twice `checkpoint_bytes` of its own until a checkpoint, and
+    /// the pages deletes free come back only after a durable redb commit
+    /// ([`Wal::set_direct`]).
+    fn bypass_journal_when_tight(&self, need: u64) {
+        if self.min_free == 0 {
+            return;
+        }
+        let Some(free) = self.wal.path().parent().and_then(fs_free) else {
+            return;
+        };
+        let tight = free < self.min_free + 2 * self.wal.checkpoint_bytes() + 2 * need;
+        if tight == self.wal.is_direct() {
+            return;
+        }
+        match self.wal.set_direct(tight) {
+            Ok(()) if tight => tracing::info!(
+                free,
+                "little free disk space: committing straight to redb, without the journal"
+            ),
+            Ok(()) => tracing::info!(free, "free disk space is back: using the WAL journal again"),
+            Err(e) => tracing::warn!(error = %e, "switching the WAL journal failed"),
+        }
+    }
+
+    /// On a nearly full disk: checkpoint if anything was committed since the last
+    /// checkpoint, so that the journal's space and the pages deletes freed come back.
+    /// True when it did.
+    fn checkpoint_for_space(&self) -> bool {
+        if self.wal.journal_len() <= wal::journal::HEADER_LEN {
+            return false;
+        }
+        match self.wal.checkpoint() {
+            Ok(()) => {
+                tracing::info!("checkpointed the WAL to free disk space");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "WAL checkpoint to free disk space failed");
+                false
             }
         }
     }
@@ -544,6 +795,7 @@ impl Retry<'_> {
                 );
                 *ack = None;
                 dead.clear();
+                self.checkpoint_for_space();
             }
             Err(e) => {
                 tracing::debug!(error = %e, "commit of deletes alone failed too");
@@ -638,6 +890,9 @@ mod tests {
             rx: &mut inbox,
             held: &mut held,
             closed: &mut closed,
+            waiting: &mut Unsynced::default(),
+            durable_count: &mut 0,
+            durable: &watch::channel(0).0,
         };
         let (mut dead, mut ack) = (Vec::new(), None);
         ctx.take_queued(&mut dead, &mut ack);
@@ -662,6 +917,7 @@ mod tests {
             max_batch_records: 100,
             max_batch_bytes: 1 << 20,
             linger: Duration::from_millis(5),
+            sync_linger: Duration::ZERO,
             idle_sync: Duration::from_secs(1),
             min_free_space: 0,
         };

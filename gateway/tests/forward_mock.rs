@@ -71,6 +71,7 @@ impl Rig {
                         max_batch_records: 1000,
                         max_batch_bytes: 1 << 20,
                         linger: Duration::ZERO,
+                        sync_linger: Duration::from_millis(10),
                         idle_sync: Duration::from_millis(100),
                         min_free_space: 0,
                     },

@@ -27,7 +27,13 @@ use crate::error::CommitError;
 use crate::WalStats;
 
 /// Version of the whole file layout, stored in `meta_v1` under `format_version`.
-pub const FORMAT_VERSION: u64 = 1;
+///
+/// 2: the WAL has a commit journal (`journal.log`, see `journal`) that may hold commits
+/// redb does not have yet; a build that knows only version 1 would ignore it, so it
+/// must refuse the file. Version 1 files are upgraded in place on open.
+pub const FORMAT_VERSION: u64 = 2;
+/// Older versions this build opens (and upgrades).
+pub(crate) const UPGRADABLE_FROM: &[u64] = &[1];
 /// Version byte at the start of each record value.
 pub const RECORD_VERSION: u8 = 1;
 /// Version byte at the start of each dead-letter value.
@@ -45,6 +51,9 @@ const META_RECORDS: &str = "record_count";
 const META_BYTES: &str = "record_bytes";
 const META_DEAD: &str = "dead_letter_count";
 const META_DEAD_BYTES: &str = "dead_letter_bytes";
+/// Number of the last journal frame whose changes this redb state holds (absent = 0).
+/// Added without a version bump: a file without it has an empty journal.
+pub(crate) const META_JOURNAL_LSN: &str = "journal_lsn";
 
 const HEADER_LEN: usize = 13;
 const FLAG_RETAIN: u8 = 1;
@@ -133,11 +142,17 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+#[cfg(test)]
 pub(crate) fn encode_record(buf: &mut Vec<u8>, r: &RecordRef<'_>) -> Result<(), CommitError> {
+    buf.clear();
+    encode_record_into(buf, r)
+}
+
+/// Append the encoded record to `buf`.
+pub(crate) fn encode_record_into(buf: &mut Vec<u8>, r: &RecordRef<'_>) -> Result<(), CommitError> {
     if r.topic.len() > MAX_TOPIC_LEN {
         return Err(CommitError::TopicTooLong(r.topic.len()));
     }
-    buf.clear();
     buf.reserve(HEADER_LEN + r.topic.len() + r.payload.len());
     buf.push(RECORD_VERSION);
     buf.extend_from_slice(&r.receive_time_ms.to_le_bytes());

@@ -1,7 +1,9 @@
 //! The gateway's write-ahead log: a synchronous library on [redb].
 //!
 //! # What it stores
-//! One redb file (`wal.redb` in the WAL directory) with three tables:
+//! Two files in the WAL directory: the commit journal `journal.log` (see [`journal`]:
+//! each commit is appended there and `fdatasync`ed, and redb gets it without fsync),
+//! and one redb file, `wal.redb`, with three tables:
 //!
 //! * `records_v1: u64 -> bytes` — the log. The key is the record's *sequence number*.
 //! * `dead_letter_v1: u64 -> bytes` — records Kafka refused for good, keyed by their
@@ -15,17 +17,20 @@
 //!    the log emptying, restarts and crashes. Order and identity never come from wall
 //!    time.
 //! 2. [`Wal::commit`] with [`Durability::Immediate`] returns only after the records are
-//!    on disk (fsync). Callers acknowledge upstream only after that return.
+//!    on disk (fsync of the journal, or of redb without a journal), and so does
+//!    [`Wal::sync`] for every earlier commit. Callers acknowledge upstream only after
+//!    that return.
 //! 3. A record leaves `records_v1` only through [`WriteBatch::ack_up_to`] (the caller
 //!    promises that every record `<= seq` was acknowledged downstream) or
 //!    [`WriteBatch::dead_letter`], which moves it into `dead_letter_v1` in the same
 //!    transaction. Nothing else deletes a record.
 //! 4. Counters in `meta_v1` change in the same transaction as the rows they count, so
 //!    they are exact after any crash.
-//! 5. After a crash, exactly the committed transactions are visible: an appended batch
-//!    is all there or not at all. Deletes committed with [`Durability::None`] may be
-//!    lost on power failure (the records come back and are sent again: a duplicate,
-//!    never a loss).
+//! 5. After a crash, a prefix of the commits is visible, including every durable one:
+//!    an appended batch is all there or not at all. Commits made with
+//!    [`Durability::None`] and not synced since may be lost on power failure (deleted
+//!    records come back and are sent again: a duplicate, never a loss; appended ones
+//!    were never acknowledged upstream).
 //!
 //! Changing a table name, a meta key or the record encoding in [`format`] needs a
 //! format version bump ([`format::FORMAT_VERSION`]).
@@ -33,6 +38,7 @@
 #![warn(missing_docs)]
 
 pub mod format;
+pub mod journal;
 
 mod error;
 #[cfg(feature = "failpoints")]
@@ -51,6 +57,7 @@ use std::time::Duration;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use format::{DEAD_LETTER, META, RECORDS};
+use journal::{FrameBuilder, Journal};
 
 /// File name of the redb database inside the WAL directory.
 pub const FILE_NAME: &str = "wal.redb";
@@ -60,9 +67,17 @@ pub const FILE_NAME: &str = "wal.redb";
 pub struct WalOptions {
     /// Bytes of redb page cache.
     pub cache_size: usize,
-    /// Save allocator state on each durable commit so that reopening after a crash is
-    /// quick even with a large backlog (costs a second fsync per commit).
+    /// Save allocator state on each durable redb commit (each checkpoint with the
+    /// journal) so that reopening after a crash is quick even with a large backlog
+    /// (costs a second fsync per durable redb commit).
     pub quick_repair: bool,
+    /// Make commits durable through the append-only journal (`journal.log`) instead of
+    /// a durable redb commit each time. Writes far fewer bytes per commit.
+    pub journal: bool,
+    /// With the journal: checkpoint (one durable redb commit, then the journal is
+    /// emptied) once the journal holds this many bytes. Bounds the journal's size and
+    /// the replay after a crash.
+    pub checkpoint_bytes: u64,
 }
 
 impl Default for WalOptions {
@@ -70,8 +85,33 @@ impl Default for WalOptions {
         Self {
             cache_size: 16 * 1024 * 1024,
             quick_repair: false,
+            journal: true,
+            checkpoint_bytes: 8 * 1024 * 1024,
         }
     }
+}
+
+/// What [`Wal::open`] replayed from the journal.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Journal frames (commits) replayed into redb.
+    pub frames: u64,
+    /// Appended records among them.
+    pub records: u64,
+    /// Why the tail of the journal was ignored, when it was: the commit being written
+    /// when the process stopped, never acknowledged.
+    pub torn_tail: Option<String>,
+}
+
+/// The journal and what belongs to it, behind one lock: frames go out in commit order.
+#[derive(Debug)]
+struct JournalState {
+    journal: Journal,
+    path: PathBuf,
+    /// Number of the last frame committed (or checkpointed).
+    lsn: u64,
+    /// A write or sync failed: commits fail until [`Wal::reopen`].
+    broken: bool,
 }
 
 /// O(1) statistics of the log.
@@ -173,10 +213,17 @@ pub struct Wal {
     stats: Mutex<WalStats>,
     appended: Condvar,
     encode_buf: Mutex<Vec<u8>>,
+    frame: Mutex<FrameBuilder>,
+    journal: Mutex<Option<JournalState>>,
+    /// The journal is bypassed: commits go to redb as without a journal (see
+    /// [`Wal::set_direct`]).
+    direct: AtomicBool,
+    recovery: Mutex<Recovery>,
 }
 
 impl Wal {
-    /// Open (or create) the WAL in directory `dir`.
+    /// Open (or create) the WAL in directory `dir`, replaying the journal into redb if
+    /// the last run stopped without a checkpoint (see [`Wal::recovered`]).
     pub fn open(dir: impl AsRef<Path>, options: WalOptions) -> Result<Self, OpenError> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|source| OpenError::Io {
@@ -185,30 +232,59 @@ impl Wal {
         })?;
         let path = dir.join(FILE_NAME);
         let db = open_database(&path, &options)?;
-        let stats = init_and_load(&db, &path)?;
-        Ok(Self {
-            path,
-            options,
-            db: RwLock::new(db),
-            closed: AtomicBool::new(false),
-            stats: Mutex::new(stats),
-            appended: Condvar::new(),
-            encode_buf: Mutex::new(Vec::new()),
-        })
+        let journal = open_journal(dir, &options)?;
+        Self::assemble(path, options, db, journal)
     }
 
-    /// Open a WAL on a custom storage backend (used by crash tests).
+    /// Open a WAL on a custom storage backend, without a journal (used by crash tests).
     pub fn open_with_backend(
         backend: impl redb::StorageBackend,
         name: &str,
         options: WalOptions,
     ) -> Result<Self, OpenError> {
+        let options = WalOptions {
+            journal: false,
+            ..options
+        };
         let path = PathBuf::from(name);
-        let db = redb::Builder::new()
-            .set_cache_size(options.cache_size)
+        let db = build_database(&options)
             .create_with_backend(backend)
             .map_err(|e| OpenError::from_database(&path, e))?;
-        let stats = init_and_load(&db, &path)?;
+        Self::assemble(path, options, db, None)
+    }
+
+    /// Open a WAL on custom storage backends for the database and the journal (used
+    /// by crash tests).
+    pub fn open_with_backends(
+        db_backend: impl redb::StorageBackend,
+        journal_backend: impl redb::StorageBackend,
+        name: &str,
+        options: WalOptions,
+    ) -> Result<Self, OpenError> {
+        let options = WalOptions {
+            journal: true,
+            ..options
+        };
+        let path = PathBuf::from(name);
+        let db = build_database(&options)
+            .create_with_backend(db_backend)
+            .map_err(|e| OpenError::from_database(&path, e))?;
+        let journal = JournalState {
+            journal: Journal::new(Box::new(journal_backend)),
+            path: PathBuf::from(format!("{name}.journal")),
+            lsn: 0,
+            broken: false,
+        };
+        Self::assemble(path, options, db, Some(journal))
+    }
+
+    fn assemble(
+        path: PathBuf,
+        options: WalOptions,
+        db: Database,
+        mut journal: Option<JournalState>,
+    ) -> Result<Self, OpenError> {
+        let (stats, recovery) = recover(&db, &path, journal.as_mut())?;
         Ok(Self {
             path,
             options,
@@ -217,6 +293,10 @@ impl Wal {
             stats: Mutex::new(stats),
             appended: Condvar::new(),
             encode_buf: Mutex::new(Vec::new()),
+            frame: Mutex::new(FrameBuilder::default()),
+            journal: Mutex::new(journal),
+            direct: AtomicBool::new(false),
+            recovery: Mutex::new(recovery),
         })
     }
 
@@ -225,23 +305,48 @@ impl Wal {
         &self.path
     }
 
-    /// Close and reopen the database file: redb refuses writes after a failed commit
-    /// until it is reopened. The in-memory stats are reloaded from disk.
+    /// What the last open (or reopen) replayed from the journal.
+    pub fn recovered(&self) -> Recovery {
+        self.recovery
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Bytes in the journal now (0 without a journal).
+    pub fn journal_len(&self) -> u64 {
+        self.journal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map_or(0, |j| j.journal.len())
+    }
+
+    /// Close and reopen the database file and the journal: redb refuses writes after a
+    /// failed commit, and after a failed journal write or sync the journal's file state
+    /// is unknown. The reopen replays the journal and checkpoints, exactly like an open
+    /// after a crash. The in-memory stats are reloaded from disk.
     ///
     /// If the open fails, the WAL stays closed: every commit and read fails (never
     /// lands in the in-memory placeholder) until a later reopen succeeds.
     pub fn reopen(&self) -> Result<(), OpenError> {
         let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+        let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
         // redb holds a file lock: the old handle must be gone before the new open.
         let placeholder = redb::Builder::new()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(|e| OpenError::from_database(&self.path, e))?;
         self.closed.store(true, Ordering::SeqCst);
         drop(std::mem::replace(&mut *db, placeholder));
+        drop(journal.take());
         let fresh = open_database(&self.path, &self.options)?;
-        let stats = init_and_load(&fresh, &self.path)?;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let mut fresh_journal = open_journal(dir, &self.options)?;
+        let (stats, recovery) = recover(&fresh, &self.path, fresh_journal.as_mut())?;
         *db = fresh;
+        *journal = fresh_journal;
         *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = stats;
+        *self.recovery.lock().unwrap_or_else(|e| e.into_inner()) = recovery;
         self.closed.store(false, Ordering::SeqCst);
         Ok(())
     }
@@ -253,17 +358,36 @@ impl Wal {
 
     /// Apply `batch` in one write transaction with the given durability.
     ///
-    /// With [`Durability::Immediate`], the records are on disk when this returns `Ok`.
-    /// On `Err`, nothing in the batch happened.
+    /// With [`Durability::Immediate`], the batch (and every earlier commit) is on disk
+    /// when this returns `Ok`. With [`Durability::None`], it is visible to readers at
+    /// once and on disk after the next durable commit or [`Wal::sync`].
+    /// On `Err`, nothing in the batch happened; after a storage error, call
+    /// [`Wal::reopen`] before the next commit.
     pub fn commit(
         &self,
         batch: &WriteBatch<'_>,
         durability: Durability,
     ) -> Result<CommitOutcome, CommitError> {
+        let immediate = matches!(durability, Durability::Immediate);
         let db = self.db.read().unwrap_or_else(|e| e.into_inner());
         if self.is_closed() {
             return Err(CommitError::Storage(redb::Error::DatabaseClosed));
         }
+        let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+        let direct = self.direct.load(Ordering::SeqCst);
+        if let Some(j) = journal.as_mut() {
+            if j.broken {
+                return Err(broken_journal(&j.path));
+            }
+            if batch.is_empty() && !direct {
+                if immediate {
+                    sync_journal(j)?;
+                }
+                return Ok(CommitOutcome::default());
+            }
+        }
+        // Whether this commit goes through the journal.
+        let journaling = journal.is_some() && !direct;
         let before = *self.stats.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(ack) = batch.ack_up_to {
             if ack >= before.next_seq {
@@ -273,71 +397,109 @@ impl Wal {
                 });
             }
         }
+        if let Some(r) = batch
+            .appends
+            .iter()
+            .find(|r| r.topic.len() > format::MAX_TOPIC_LEN)
+        {
+            return Err(CommitError::TopicTooLong(r.topic.len()));
+        }
+        // With the journal, redb gets a commit durably only at a checkpoint.
+        let (lsn, checkpoint) = match journal.as_ref() {
+            Some(j) if journaling => (j.lsn + 1, j.journal.len() >= self.options.checkpoint_bytes),
+            // Bypassed: the frame number stays; redb's state already holds every frame.
+            Some(j) => (j.lsn, false),
+            None => (0, false),
+        };
+        let redb_durable = if journaling { checkpoint } else { immediate };
+
+        // The batch as a journal frame; the same frame is applied to redb below, and
+        // replayed from the journal after a crash.
+        let mut frame = self.frame.lock().unwrap_or_else(|e| e.into_inner());
+        frame.begin(lsn);
+        let now_ms = format::now_ms();
+        for (seq, reason) in &batch.dead_letters {
+            frame.dead_letter(*seq, now_ms, reason);
+        }
+        frame.ack_and_first_seq(batch.ack_up_to, before.next_seq);
+        for record in &batch.appends {
+            frame.append_with(|buf| format::encode_record_into(buf, record))?;
+        }
+        let frame_bytes = frame.finish();
+        let ops = journal::parse_frame_unchecked(frame_bytes).map_err(|reason| {
+            CommitError::Storage(redb::Error::Io(std::io::Error::other(format!(
+                "a frame just built does not parse: {reason}"
+            ))))
+        })?;
+
         let mut buf = self.encode_buf.lock().unwrap_or_else(|e| e.into_inner());
         let mut txn = db.begin_write()?;
-        txn.set_durability(durability)
-            .map_err(|e| CommitError::Storage(e.into()))?;
-        if self.options.quick_repair && matches!(durability, Durability::Immediate) {
+        txn.set_durability(if redb_durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })
+        .map_err(|e| CommitError::Storage(e.into()))?;
+        if self.options.quick_repair && redb_durable {
             txn.set_quick_repair(true);
         }
-        let mut outcome = CommitOutcome::default();
         let mut stats = before;
-        {
+        let outcome = {
             let mut records = txn.open_table(RECORDS)?;
             let mut dead = txn.open_table(DEAD_LETTER)?;
             let mut meta = txn.open_table(META)?;
-            let now_ms = format::now_ms();
-
-            for (seq, reason) in &batch.dead_letters {
-                let Some(value) = records.remove(*seq)? else {
-                    outcome.dead_letter_missing += 1;
-                    continue;
-                };
-                let value = value.value().to_vec();
-                format::encode_dead_letter(&mut buf, reason, now_ms, &value);
-                dead.insert(*seq, buf.as_slice())?;
-                stats.records -= 1;
-                stats.bytes -= value.len() as u64;
-                stats.dead_letters += 1;
-                stats.dead_letter_bytes += buf.len() as u64;
-                outcome.dead_lettered += 1;
-            }
-
-            if let Some(ack) = batch.ack_up_to {
-                let mut freed_bytes = 0u64;
-                let mut freed = 0u64;
-                for entry in records.range(..=ack)? {
-                    let (_, v) = entry?;
-                    freed += 1;
-                    freed_bytes += v.value().len() as u64;
-                }
-                if freed > 0 {
-                    records.retain_in(..=ack, |_, _| false)?;
-                }
-                stats.records -= freed;
-                stats.bytes -= freed_bytes;
-                outcome.acked = freed;
-            }
-
-            if !batch.appends.is_empty() {
-                outcome.first_appended = Some(stats.next_seq);
-                for record in &batch.appends {
-                    format::encode_record(&mut buf, record)?;
-                    records.insert(stats.next_seq, buf.as_slice())?;
-                    stats.next_seq += 1;
-                    stats.records += 1;
-                    stats.bytes += buf.len() as u64;
-                }
-                outcome.appended = batch.appends.len() as u64;
-            }
-
+            let outcome = apply_frame(&ops, &mut records, &mut dead, &mut stats, &mut buf)
+                .map_err(|e| match e {
+                    ApplyError::Storage(e) => CommitError::Storage(e.into()),
+                    ApplyError::Mismatch(m) => {
+                        CommitError::Storage(redb::Error::Io(std::io::Error::other(m)))
+                    }
+                })?;
             refresh_ends(&records, &mut stats)?;
             format::store_meta(&mut meta, &stats)?;
-        }
+            if journal.is_some() {
+                meta.insert(format::META_JOURNAL_LSN, lsn)?;
+            }
+            outcome
+        };
         drop(buf);
         #[cfg(feature = "failpoints")]
         failpoint("wal-inside-commit");
-        txn.commit()?;
+        // Journal first: readers never see a change the journal does not hold.
+        if let Some(j) = journal.as_mut().filter(|_| journaling) {
+            if !checkpoint {
+                let written = j.journal.append(frame_bytes).and_then(|()| {
+                    if immediate {
+                        j.journal.sync()
+                    } else {
+                        Ok(())
+                    }
+                });
+                if let Err(e) = written {
+                    j.broken = true;
+                    return Err(CommitError::Storage(redb::Error::Io(e)));
+                }
+            }
+        }
+        frame.shrink();
+        drop(frame);
+        if let Err(e) = txn.commit() {
+            if let Some(j) = journal.as_mut() {
+                j.broken = true;
+            }
+            return Err(e.into());
+        }
+        if let Some(j) = journal.as_mut().filter(|_| journaling) {
+            j.lsn = lsn;
+            if checkpoint {
+                // redb holds every frame now. If emptying the journal fails, its frames
+                // are all at or below the checkpoint's lsn and would be skipped by a
+                // replay; still, reopen before trusting the file again.
+                if j.journal.reset().is_err() {
+                    j.broken = true;
+                }
+            }
+        }
         *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = stats;
         if outcome.appended > 0 {
             self.appended.notify_all();
@@ -361,10 +523,81 @@ impl Wal {
         Ok(self.commit(&batch, durability)?.acked)
     }
 
-    /// Make every earlier [`Durability::None`] commit durable.
+    /// Make every earlier [`Durability::None`] commit durable (one fsync, none when
+    /// there is nothing to sync).
     pub fn sync(&self) -> Result<(), CommitError> {
         self.commit(&WriteBatch::new(), Durability::Immediate)
             .map(|_| ())
+    }
+
+    /// Bypass the journal (`true`) or use it again (`false`). A switch checkpoints
+    /// first, so that redb's durable state holds every frame before commits stop
+    /// writing frames, and every commit before frames start again.
+    ///
+    /// The writer bypasses the journal on a nearly full disk: until a checkpoint, the
+    /// journal takes space of its own, and redb reuses the pages that deletes free only
+    /// after a durable commit. Bypassed, every durable commit is a durable redb commit,
+    /// which frees space at once. Without a journal this does nothing.
+    pub fn set_direct(&self, direct: bool) -> Result<(), CommitError> {
+        if self.direct.load(Ordering::SeqCst) == direct {
+            return Ok(());
+        }
+        if self
+            .journal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+        {
+            return Ok(());
+        }
+        self.checkpoint()?;
+        self.direct.store(direct, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// True while the journal is bypassed ([`Wal::set_direct`]).
+    pub fn is_direct(&self) -> bool {
+        self.direct.load(Ordering::SeqCst)
+    }
+
+    /// The configured journal size that triggers a checkpoint.
+    pub fn checkpoint_bytes(&self) -> u64 {
+        self.options.checkpoint_bytes
+    }
+
+    /// Write everything to redb durably and empty the journal (a clean shutdown does
+    /// this, so the next start replays nothing).
+    pub fn checkpoint(&self) -> Result<(), CommitError> {
+        let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+        if self.is_closed() {
+            return Err(CommitError::Storage(redb::Error::DatabaseClosed));
+        }
+        let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(j) = journal.as_mut() else {
+            drop(journal);
+            drop(db);
+            return self.sync();
+        };
+        if j.broken {
+            return Err(broken_journal(&j.path));
+        }
+        let mut txn = db.begin_write()?;
+        if self.options.quick_repair {
+            txn.set_quick_repair(true);
+        }
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert(format::META_JOURNAL_LSN, j.lsn)?;
+        }
+        if let Err(e) = txn.commit() {
+            j.broken = true;
+            return Err(e.into());
+        }
+        if let Err(e) = j.journal.reset() {
+            j.broken = true;
+            return Err(CommitError::Storage(redb::Error::Io(e)));
+        }
+        Ok(())
     }
 
     /// Visit records with sequence `>= from` in order, at most `max_records` of them and
@@ -484,12 +717,17 @@ pub fn failpoint(name: &str) {
     }
 }
 
-fn open_database(path: &Path, options: &WalOptions) -> Result<Database, OpenError> {
+fn build_database(options: &WalOptions) -> redb::Builder {
     let mut builder = redb::Builder::new();
     builder.set_cache_size(options.cache_size);
     // Crash tests abort in the middle of the repair that follows an unclean stop.
     #[cfg(feature = "failpoints")]
     builder.set_repair_callback(|_| failpoint("wal-during-repair"));
+    builder
+}
+
+fn open_database(path: &Path, options: &WalOptions) -> Result<Database, OpenError> {
+    let builder = build_database(options);
     // Crash tests make fsync slow or fail through a control file (see `faults`).
     #[cfg(feature = "failpoints")]
     if let Some(control) = faults::control_file() {
@@ -515,8 +753,9 @@ fn open_database(path: &Path, options: &WalOptions) -> Result<Database, OpenErro
         .map_err(|e| OpenError::from_database(path, e))
 }
 
-/// Create the tables on first open, check the format version, and load the counters.
-fn init_and_load(db: &Database, path: &Path) -> Result<WalStats, OpenError> {
+/// Create the tables on first open, check (and upgrade) the format version, and load
+/// the counters and the journal frame number.
+fn init_and_load(db: &Database, path: &Path) -> Result<(WalStats, u64), OpenError> {
     let storage = |e: redb::Error| OpenError::Storage {
         path: path.to_path_buf(),
         source: Box::new(e),
@@ -536,6 +775,11 @@ fn init_and_load(db: &Database, path: &Path) -> Result<WalStats, OpenError> {
                     .map_err(|e| storage(e.into()))?;
             }
             Some(v) if v == format::FORMAT_VERSION => {}
+            Some(v) if format::UPGRADABLE_FROM.contains(&v) => {
+                // Version 1 had no journal: nothing to convert, only the mark.
+                meta.insert(format::META_FORMAT_VERSION, format::FORMAT_VERSION)
+                    .map_err(|e| storage(e.into()))?;
+            }
             Some(v) => {
                 return Err(OpenError::UnsupportedFormat {
                     path: path.to_path_buf(),
@@ -553,7 +797,11 @@ fn init_and_load(db: &Database, path: &Path) -> Result<WalStats, OpenError> {
                 stats.next_seq = newest + 1;
             }
         }
-        stats
+        let lsn = meta
+            .get(format::META_JOURNAL_LSN)
+            .map_err(|e| storage(e.into()))?
+            .map_or(0, |v| v.value());
+        (stats, lsn)
     };
     txn.commit().map_err(|e| storage(e.into()))?;
     Ok(stats)
@@ -576,6 +824,216 @@ fn refresh_ends(
     }
     stats.newest_seq = records.last()?.map(|(k, _)| k.value());
     Ok(())
+}
+
+fn broken_journal(path: &Path) -> CommitError {
+    CommitError::Storage(redb::Error::Io(std::io::Error::other(format!(
+        "an earlier write or sync of {} failed; the WAL must be reopened",
+        path.display()
+    ))))
+}
+
+fn sync_journal(j: &mut JournalState) -> Result<(), CommitError> {
+    j.journal.sync().map_err(|e| {
+        j.broken = true;
+        CommitError::Storage(redb::Error::Io(e))
+    })
+}
+
+/// Open (or create) the journal file when the options ask for one.
+fn open_journal(dir: &Path, options: &WalOptions) -> Result<Option<JournalState>, OpenError> {
+    if !options.journal {
+        return Ok(None);
+    }
+    let path = dir.join(journal::FILE_NAME);
+    let io = |source| OpenError::Io {
+        path: path.clone(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io)?;
+    let locked = |e: redb::DatabaseError| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => OpenError::Locked { path: path.clone() },
+        e => OpenError::from_database(&path, e),
+    };
+    #[cfg(feature = "failpoints")]
+    if let Some(control) = faults::control_file() {
+        let backend = faults::FaultyBackend::new(file, control).map_err(locked)?;
+        return Ok(Some(JournalState {
+            journal: Journal::new(Box::new(backend)),
+            path,
+            lsn: 0,
+            broken: false,
+        }));
+    }
+    let backend = redb::backends::FileBackend::new(file).map_err(locked)?;
+    Ok(Some(JournalState {
+        journal: Journal::new(Box::new(backend)),
+        path,
+        lsn: 0,
+        broken: false,
+    }))
+}
+
+/// Load the counters, then replay the journal's frames that redb does not hold yet
+/// (one durable redb commit), and empty the journal.
+fn recover(
+    db: &Database,
+    path: &Path,
+    journal: Option<&mut JournalState>,
+) -> Result<(WalStats, Recovery), OpenError> {
+    let (mut stats, mut lsn) = init_and_load(db, path)?;
+    let mut report = Recovery::default();
+    let Some(j) = journal else {
+        return Ok((stats, report));
+    };
+    let jpath = j.path.clone();
+    let data = j.journal.read_all().map_err(|source| OpenError::Io {
+        path: jpath.clone(),
+        source,
+    })?;
+    let (frames, end) = journal::decode_all(&data).map_err(|detail| OpenError::Corrupted {
+        path: jpath.clone(),
+        detail,
+    })?;
+    if let journal::End::Torn { offset, reason } = &end {
+        report.torn_tail = Some(format!(
+            "{} bytes from offset {offset} ignored: {reason}",
+            data.len() as u64 - offset
+        ));
+    }
+    let storage = |e: redb::Error| OpenError::Storage {
+        path: path.to_path_buf(),
+        source: Box::new(e),
+    };
+    let corrupted = |detail: String| OpenError::Corrupted {
+        path: jpath.clone(),
+        detail,
+    };
+    let todo: Vec<_> = frames.iter().filter(|(_, f)| f.lsn > lsn).collect();
+    if !todo.is_empty() {
+        let txn = db.begin_write().map_err(|e| storage(e.into()))?;
+        {
+            let mut records = txn.open_table(RECORDS).map_err(|e| storage(e.into()))?;
+            let mut dead = txn.open_table(DEAD_LETTER).map_err(|e| storage(e.into()))?;
+            let mut meta = txn.open_table(META).map_err(|e| storage(e.into()))?;
+            let mut buf = Vec::new();
+            for (offset, frame) in todo {
+                if frame.lsn != lsn + 1 {
+                    return Err(corrupted(format!(
+                        "frame at offset {offset} is number {}, expected {} (the journal does not belong to this database)",
+                        frame.lsn,
+                        lsn + 1
+                    )));
+                }
+                apply_frame(frame, &mut records, &mut dead, &mut stats, &mut buf).map_err(|e| {
+                    match e {
+                        ApplyError::Storage(e) => storage(e.into()),
+                        ApplyError::Mismatch(m) => {
+                            corrupted(format!("frame at offset {offset}: {m}"))
+                        }
+                    }
+                })?;
+                lsn = frame.lsn;
+                report.frames += 1;
+                report.records += frame.appends.len() as u64;
+            }
+            refresh_ends(&records, &mut stats).map_err(|e| storage(e.into()))?;
+            format::store_meta(&mut meta, &stats).map_err(|e| storage(e.into()))?;
+            meta.insert(format::META_JOURNAL_LSN, lsn)
+                .map_err(|e| storage(e.into()))?;
+        }
+        txn.commit().map_err(|e| storage(e.into()))?;
+    }
+    j.lsn = lsn;
+    j.journal.reset().map_err(|source| OpenError::Io {
+        path: jpath.clone(),
+        source,
+    })?;
+    Ok((stats, report))
+}
+
+enum ApplyError {
+    Storage(redb::StorageError),
+    /// The frame does not fit the database (replay of a journal that is not its own).
+    Mismatch(String),
+}
+
+impl From<redb::StorageError> for ApplyError {
+    fn from(e: redb::StorageError) -> Self {
+        ApplyError::Storage(e)
+    }
+}
+
+/// Apply one frame's changes: dead letters, then the acknowledged prefix, then the
+/// appends. The same code serves a commit and a replay, so both do exactly the same.
+fn apply_frame(
+    frame: &journal::Frame<'_>,
+    records: &mut redb::Table<'_, u64, &'static [u8]>,
+    dead: &mut redb::Table<'_, u64, &'static [u8]>,
+    stats: &mut WalStats,
+    buf: &mut Vec<u8>,
+) -> Result<CommitOutcome, ApplyError> {
+    let mut outcome = CommitOutcome::default();
+    for &(seq, parked_at_ms, reason) in &frame.dead_letters {
+        let Some(value) = records.remove(seq)? else {
+            outcome.dead_letter_missing += 1;
+            continue;
+        };
+        let value = value.value().to_vec();
+        format::encode_dead_letter(buf, reason, parked_at_ms, &value);
+        dead.insert(seq, buf.as_slice())?;
+        stats.records -= 1;
+        stats.bytes -= value.len() as u64;
+        stats.dead_letters += 1;
+        stats.dead_letter_bytes += buf.len() as u64;
+        outcome.dead_lettered += 1;
+    }
+
+    if let Some(ack) = frame.ack_up_to {
+        if ack >= stats.next_seq {
+            return Err(ApplyError::Mismatch(format!(
+                "acknowledges sequence {ack} but the next sequence is {}",
+                stats.next_seq
+            )));
+        }
+        let mut freed_bytes = 0u64;
+        let mut freed = 0u64;
+        for entry in records.range(..=ack)? {
+            let (_, v) = entry?;
+            freed += 1;
+            freed_bytes += v.value().len() as u64;
+        }
+        if freed > 0 {
+            records.retain_in(..=ack, |_, _| false)?;
+        }
+        stats.records -= freed;
+        stats.bytes -= freed_bytes;
+        outcome.acked = freed;
+    }
+
+    if !frame.appends.is_empty() {
+        if frame.first_seq != stats.next_seq {
+            return Err(ApplyError::Mismatch(format!(
+                "appends from sequence {} but the next sequence is {}",
+                frame.first_seq, stats.next_seq
+            )));
+        }
+        outcome.first_appended = Some(stats.next_seq);
+        for value in &frame.appends {
+            records.insert(stats.next_seq, *value)?;
+            stats.next_seq += 1;
+            stats.records += 1;
+            stats.bytes += value.len() as u64;
+        }
+        outcome.appended = frame.appends.len() as u64;
+    }
+    Ok(outcome)
 }
 
 // Keeps the table definitions' types checked against their use above.

@@ -314,3 +314,175 @@ proptest! {
         prop_assert_eq!(dead, m.dead.keys().copied().collect::<Vec<_>>());
     }
 }
+
+/// Copy the WAL's files while it is still open: what a crashed process leaves behind
+/// (the page cache survives a process crash; redb's unsynced state does not reach its
+/// file, the journal's writes do).
+fn crash_copy(from: &Path, to: &Path) {
+    for name in [FILE_NAME, journal::FILE_NAME] {
+        std::fs::copy(from.join(name), to.join(name)).unwrap();
+    }
+}
+
+#[test]
+fn journal_replays_commits_redb_did_not_persist() {
+    let dir = tempfile::tempdir().unwrap();
+    let crashed = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    wal.append(&[rec("a", b"1"), rec("a", b"2"), rec("a", b"3")])
+        .unwrap();
+    let mut batch = WriteBatch::new();
+    batch
+        .ack_up_to(1)
+        .dead_letter(2, "refused")
+        .append(rec("b", b"4"));
+    wal.commit(&batch, Durability::None).unwrap();
+    wal.sync().unwrap();
+    assert!(wal.journal_len() > journal::HEADER_LEN);
+    crash_copy(dir.path(), crashed.path());
+
+    let reopened = Wal::open(crashed.path(), WalOptions::default()).unwrap();
+    let r = reopened.recovered();
+    assert_eq!((r.frames, r.records, r.torn_tail), (2, 4, None));
+    assert_eq!(reopened.stats(), wal.stats());
+    let seqs: Vec<u64> = reopened
+        .read_from(0, 10, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(seqs, vec![3, 4]);
+    let dead = reopened.dead_letters(0, 10).unwrap();
+    assert_eq!((dead.len(), dead[0].reason.as_str()), (1, "refused"));
+    // The replay checkpointed: the journal is empty and a second open replays nothing.
+    assert_eq!(reopened.journal_len(), journal::HEADER_LEN);
+    drop(reopened);
+    let again = Wal::open(crashed.path(), WalOptions::default()).unwrap();
+    assert_eq!(again.recovered(), Recovery::default());
+    assert_eq!(again.stats().records, 2);
+}
+
+#[test]
+fn a_torn_journal_tail_is_ignored_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let crashed = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    wal.append(&[rec("a", b"kept")]).unwrap();
+    wal.append(&[rec("a", b"torn")]).unwrap();
+    crash_copy(dir.path(), crashed.path());
+    let journal_path = crashed.path().join(journal::FILE_NAME);
+    let len = std::fs::metadata(&journal_path).unwrap().len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&journal_path)
+        .unwrap();
+    f.set_len(len - 3).unwrap();
+    drop(f);
+    let reopened = Wal::open(crashed.path(), WalOptions::default()).unwrap();
+    let r = reopened.recovered();
+    assert_eq!((r.frames, r.records), (1, 1));
+    assert!(r.torn_tail.unwrap().contains("ignored"));
+    let got = reopened.read_from(0, 10, usize::MAX).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].payload, b"kept");
+    // The next append gets the torn record's sequence: it was never acknowledged.
+    assert_eq!(reopened.append(&[rec("a", b"new")]).unwrap(), Some(2));
+}
+
+#[test]
+fn checkpoints_empty_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = WalOptions {
+        checkpoint_bytes: 4096,
+        ..WalOptions::default()
+    };
+    let wal = Wal::open(dir.path(), options.clone()).unwrap();
+    let payload = [7u8; 500];
+    let mut max_len = 0;
+    for _ in 0..100 {
+        wal.append(&[rec("t", &payload)]).unwrap();
+        max_len = max_len.max(wal.journal_len());
+    }
+    assert!(max_len < 4096 + 1024, "journal grew to {max_len}");
+    // After a crash, only what followed the last checkpoint is replayed.
+    let crashed = tempfile::tempdir().unwrap();
+    crash_copy(dir.path(), crashed.path());
+    let reopened = Wal::open(crashed.path(), options).unwrap();
+    assert!(reopened.recovered().records < 10);
+    assert_eq!(reopened.stats().records, 100);
+}
+
+#[test]
+fn a_journal_from_another_wal_is_refused() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    {
+        let wal = Wal::open(a.path(), WalOptions::default()).unwrap();
+        wal.append(&[rec("a", b"1")]).unwrap();
+        wal.checkpoint().unwrap();
+        wal.append(&[rec("a", b"2")]).unwrap();
+        // A fresh WAL in `b`, then `a`'s journal (frame 2) put beside it.
+        drop(Wal::open(b.path(), WalOptions::default()).unwrap());
+        std::fs::copy(
+            a.path().join(journal::FILE_NAME),
+            b.path().join(journal::FILE_NAME),
+        )
+        .unwrap();
+    }
+    let e = Wal::open(b.path(), WalOptions::default()).unwrap_err();
+    assert!(
+        matches!(&e, OpenError::Corrupted { detail, .. } if detail.contains("does not belong")),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_version_1_file_is_upgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = redb::Database::create(dir.path().join(FILE_NAME)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(META).unwrap();
+            meta.insert(format::META_FORMAT_VERSION, 1).unwrap();
+            txn.open_table(RECORDS)
+                .unwrap()
+                .insert(1, [0u8; 3].as_slice())
+                .unwrap();
+            meta.insert("next_seq", 2).unwrap();
+            meta.insert("record_count", 1).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    assert_eq!(wal.stats().records, 1);
+    assert_eq!(wal.append(&[rec("a", b"x")]).unwrap(), Some(2));
+    drop(wal);
+    let db = redb::Database::open(dir.path().join(FILE_NAME)).unwrap();
+    let txn = db.begin_read().unwrap();
+    let meta = txn.open_table(META).unwrap();
+    assert_eq!(
+        meta.get(format::META_FORMAT_VERSION)
+            .unwrap()
+            .unwrap()
+            .value(),
+        format::FORMAT_VERSION
+    );
+}
+
+#[test]
+fn without_the_journal_every_durable_commit_goes_to_redb() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = WalOptions {
+        journal: false,
+        ..WalOptions::default()
+    };
+    let wal = Wal::open(dir.path(), options.clone()).unwrap();
+    wal.append(&[rec("a", b"1")]).unwrap();
+    assert_eq!(wal.journal_len(), 0);
+    assert!(!dir.path().join(journal::FILE_NAME).exists());
+    let crashed = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.path().join(FILE_NAME), crashed.path().join(FILE_NAME)).unwrap();
+    let reopened = Wal::open(crashed.path(), options).unwrap();
+    assert_eq!(reopened.stats().records, 1);
+}

@@ -4,6 +4,10 @@
 //! in the middle of a commit (writes start failing). After reopening, every record whose
 //! commit returned `Ok` with `Durability::Immediate` must be there, unchanged, unless
 //! it was acknowledged (deleted) by a durable commit; sequences are never reused.
+//!
+//! It runs twice: with the commit journal (the default: the journal file and the redb
+//! file are two disks of their own, cut at the same moment, with checkpoints every few
+//! KiB so that cuts land before, during and after them) and without it.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -128,13 +132,33 @@ fn payload_for(seq_hint: u64, rng: &mut Rng) -> Vec<u8> {
 #[test]
 fn acknowledged_records_survive_power_cuts() {
     for seed in 1..=40u64 {
-        run_seed(seed);
+        run_seed(seed, false);
     }
 }
 
-fn run_seed(seed: u64) {
+#[test]
+fn acknowledged_records_survive_power_cuts_with_the_journal() {
+    for seed in 1..=80u64 {
+        run_seed(seed, true);
+    }
+}
+
+fn run_seed(seed: u64, with_journal: bool) {
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut backend = PowerCutBackend::default();
+    let mut journal = PowerCutBackend::default();
+    let options = WalOptions {
+        checkpoint_bytes: 1024 + rng.below(32 * 1024),
+        ..WalOptions::default()
+    };
+    let seed = if with_journal {
+        format!(
+            "{seed} (journal, checkpoint every {} B)",
+            options.checkpoint_bytes
+        )
+    } else {
+        format!("{seed} (no journal)")
+    };
     // Records whose durable commit returned Ok, by sequence.
     let mut acked: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
     // Highest prefix deleted by a commit that returned Ok (durable or not), and the
@@ -144,8 +168,18 @@ fn run_seed(seed: u64) {
     let mut highest_seq_ever = 0u64;
 
     for _power_cycle in 0..4 {
-        let wal = Wal::open_with_backend(backend.clone(), "power-cut-test", WalOptions::default())
-            .unwrap_or_else(|e| panic!("seed {seed}: reopen after power cut failed: {e}"));
+        let opened = if with_journal {
+            Wal::open_with_backends(
+                backend.clone(),
+                journal.clone(),
+                "power-cut-test",
+                options.clone(),
+            )
+        } else {
+            Wal::open_with_backend(backend.clone(), "power-cut-test", options.clone())
+        };
+        let wal =
+            opened.unwrap_or_else(|e| panic!("seed {seed}: reopen after power cut failed: {e}"));
         // Check the promise.
         let present: BTreeMap<u64, Vec<u8>> = wal
             .read_from(0, usize::MAX, usize::MAX)
@@ -187,6 +221,7 @@ fn run_seed(seed: u64) {
             let cut_mid_commit = op == ops - 1 && rng.below(2) == 0;
             if cut_mid_commit {
                 backend.0.lock().unwrap().fail_after = Some(rng.below(20));
+                journal.0.lock().unwrap().fail_after = Some(rng.below(4));
             }
             if rng.below(4) == 0 && !acked.is_empty() {
                 // Acknowledge a prefix, non-durably or durably.
@@ -242,5 +277,6 @@ fn run_seed(seed: u64) {
         }
         drop(wal);
         backend = backend.cut(&mut rng);
+        journal = journal.cut(&mut rng);
     }
 }

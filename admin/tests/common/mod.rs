@@ -75,6 +75,7 @@ pub fn healthy() -> Snapshot {
             mqtt_reconnects: 103,
             wal_records_committed: 104,
             wal_commits: 105,
+            wal_syncs: 111,
             wal_commit_errors: 106,
             kafka_records_forwarded: 107,
             kafka_records_dead_lettered: 108,
