@@ -906,6 +906,63 @@ mod tests {
         assert!(!closed);
     }
 
+    /// With `sync_linger`, records are visible to the forwarder at once, and the
+    /// acknowledgements wait for one fsync that covers all of them.
+    #[test]
+    fn sync_linger_shows_records_at_once_and_acknowledges_after_one_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Arc::new(Wal::open(dir.path(), wal::WalOptions::default()).unwrap());
+        let (tx, rx) = mpsc::channel(16);
+        let (durable_tx, durable_rx) = watch::channel(0u64);
+        let opts = WriterOptions {
+            max_batch_records: 100,
+            max_batch_bytes: 1 << 20,
+            linger: Duration::ZERO,
+            sync_linger: Duration::from_secs(1),
+            idle_sync: Duration::from_secs(1),
+            min_free_space: 0,
+        };
+        let shared = Arc::new(Shared::default());
+        let thread = std::thread::spawn({
+            let (wal, shared) = (wal.clone(), shared.clone());
+            move || {
+                let (_, no_forwarder) = mpsc::channel(1);
+                run(
+                    wal,
+                    Inbox::new(rx, no_forwarder),
+                    durable_tx,
+                    shared,
+                    opts,
+                    CancellationToken::new(),
+                    || {},
+                )
+            }
+        });
+        let wait = |what: &str, cond: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !cond() {
+                assert!(Instant::now() < deadline, "timed out waiting for {what}");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        for i in 0..3u8 {
+            tx.blocking_send(WalCmd::Append(pending(i))).unwrap();
+            wait("the record to be visible", &|| {
+                wal.stats().records == u64::from(i) + 1
+            });
+        }
+        // Visible, not yet acknowledged: the fsync is due 1 s after the first.
+        assert_eq!(*durable_rx.borrow(), 0, "acknowledged before the fsync");
+        wait("the acknowledgements", &|| *durable_rx.borrow() == 3);
+        assert_eq!(shared.counters.wal_syncs.load(Relaxed), 1);
+        assert_eq!(shared.counters.wal_commits.load(Relaxed), 3);
+        assert_eq!(shared.counters.wal_records_committed.load(Relaxed), 3);
+        drop(tx);
+        thread.join().expect("WAL thread panicked");
+        // A clean stop checkpoints: nothing left to replay.
+        assert_eq!(wal.journal_len(), wal::journal::HEADER_LEN);
+    }
+
     /// `wal.commit_linger` > 0 used to panic the WAL thread ("no reactor running").
     #[test]
     fn commit_linger_commits_after_lingering() {
