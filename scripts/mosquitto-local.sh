@@ -15,13 +15,17 @@
 # Environment (optional): MKG_MOSQUITTO (binary, default mosquitto on PATH),
 #   MKG_MOSQUITTO_START_TIMEOUT (default 15), MKG_MOSQUITTO_STOP_TIMEOUT (default 15),
 #   MKG_MOSQUITTO_AUTOSAVE (autosave_interval in seconds, default 1 so that a SIGKILL
-#   test loses little; Mosquitto's own default is 1800).
+#   test loses little; Mosquitto's own default is 1800),
+#   MKG_MOSQUITTO_TCP_NODELAY (set_tcp_nodelay, default false like Mosquitto's own:
+#   Nagle's algorithm on; the gateway asks its kernel for quick TCP ACKs so that
+#   Nagle does not hold messages back, gateway/src/quickack.rs).
 set -euo pipefail
 
 MOSQUITTO="${MKG_MOSQUITTO:-mosquitto}"
 START_TIMEOUT="${MKG_MOSQUITTO_START_TIMEOUT:-15}"
 STOP_TIMEOUT="${MKG_MOSQUITTO_STOP_TIMEOUT:-15}"
 AUTOSAVE="${MKG_MOSQUITTO_AUTOSAVE:-1}"
+TCP_NODELAY="${MKG_MOSQUITTO_TCP_NODELAY:-false}"
 
 LOG_TAG=mosquitto-local
 DAEMON=mosquitto
@@ -65,6 +69,7 @@ allow_anonymous true
 persistence true
 persistence_location $data_dir/
 autosave_interval $AUTOSAVE
+set_tcp_nodelay $TCP_NODELAY
 max_inflight_messages 1000
 max_queued_messages 1000000
 max_queued_bytes 0

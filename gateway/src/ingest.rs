@@ -126,6 +126,7 @@ pub async fn run(
 
     let mut ticket = 0u64;
     let mut last_acked_ticket = 0u64;
+    let mut quick = crate::quickack::QuickAck::default();
     let mut connected = false;
     let mut failures_logged = 0u32;
 
@@ -158,6 +159,7 @@ pub async fn run(
         }
         match event {
             Ok(Event::Incoming(Packet::Publish(p))) => {
+                quick.after_read();
                 ticket += 1;
                 shared.counters.mqtt_messages_received.fetch_add(1, Relaxed);
                 if p.qos != QoS::AtMostOnce {
@@ -190,6 +192,8 @@ pub async fn run(
                 failures_logged = 0;
                 backoff.reset();
                 connection += 1;
+                let server = &servers[server_idx];
+                quick.attach(server.host.parse().ok(), server.port);
                 shared.mqtt_connected.store(true, Relaxed);
                 state::set(&shared.mqtt_server, Some(servers[server_idx].to_string()));
                 state::set(&shared.mqtt_last_error, None);
@@ -213,6 +217,7 @@ pub async fn run(
             }
             Ok(_) => {}
             Err(e) => {
+                quick.detach();
                 let was_connected = connected;
                 connected = false;
                 shared.mqtt_connected.store(false, Relaxed);

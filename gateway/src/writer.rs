@@ -227,6 +227,7 @@ pub fn run(
     // Committed appends waiting for their fsync, the sequence of the first, and when
     // that fsync is due.
     let mut waiting = Unsynced::default();
+    let mut last_commit = Instant::now() - MIN_COMMIT_INTERVAL;
 
     // Appends received while commits were failing: the head of the next batch.
     let mut held: Vec<Pending> = Vec::new();
@@ -287,7 +288,16 @@ pub fn run(
         }
         // 2. Drain what is already queued, up to the bounds; linger if configured.
         // (Not while older held appends wait: they must be committed first.)
-        let deadline = Instant::now() + opts.linger;
+        // Without an fsync per commit, commits would follow each other as fast as
+        // messages arrive, a few records each, and redb's per-commit work would eat
+        // the CPU under load: at most one commit per MIN_COMMIT_INTERVAL then.
+        let paced = if opts.sync_linger.is_zero() {
+            Duration::ZERO
+        } else {
+            MIN_COMMIT_INTERVAL.saturating_sub(last_commit.elapsed())
+        };
+        let deadline = Instant::now() + opts.linger.max(paced);
+        let lingering = !opts.linger.is_zero() || !paced.is_zero();
         while held.is_empty() {
             if appends.len() >= opts.max_batch_records || bytes >= opts.max_batch_bytes {
                 break;
@@ -300,7 +310,7 @@ pub fn run(
                 }
                 Err(mpsc::error::TryRecvError::Empty) => {
                     let now = Instant::now();
-                    if opts.linger.is_zero() || now >= deadline {
+                    if !lingering || now >= deadline {
                         break;
                     }
                     // The timer must be created inside the runtime: in an async block.
@@ -341,6 +351,7 @@ pub fn run(
             );
             return;
         };
+        last_commit = Instant::now();
         let c = &shared.counters;
         c.wal_commits.fetch_add(1, Relaxed);
         // Count what moved (a record asked twice after a producer rebuild moves once).
@@ -414,6 +425,10 @@ struct Unsynced {
     /// When the sync is due (`None` while `records` is empty).
     due: Option<Instant>,
 }
+
+/// With `sync_linger` > 0: the least time between two commits (a commit no longer
+/// waits for an fsync, which used to space them out by itself).
+const MIN_COMMIT_INTERVAL: Duration = Duration::from_millis(1);
 
 /// Most appends held in memory while commits fail (beyond it the channel fills and
 /// ingest waits; Mosquitto keeps the rest).
