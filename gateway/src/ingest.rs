@@ -142,6 +142,11 @@ pub async fn run(
                 send_acks(&mut eventloop, &mut acks, d, connection, &shared, &mut acked_ticket, flush_timeout).await;
                 continue;
             }
+            // A deferred quick TCP ACK (quickack.rs).
+            _ = sleep_until_due(quick.due()) => {
+                quick.fire();
+                continue;
+            }
             ev = state::beating(&shared.heartbeats.ingest, eventloop.poll()) => ev,
         };
         if acks.front().is_some_and(|a| a.ticket <= *durable.borrow()) {
@@ -304,6 +309,14 @@ fn describe(e: &ConnectionError) -> String {
             format!("connection refused by broker: {code:?} (check mqtt.username / password and the broker's ACL)")
         }
         other => other.to_string(),
+    }
+}
+
+/// Wait until `due`; forever when there is nothing due.
+async fn sleep_until_due(due: Option<std::time::Instant>) {
+    match due {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
     }
 }
 
