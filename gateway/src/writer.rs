@@ -231,6 +231,24 @@ pub fn run(
 
     // Appends received while commits were failing: the head of the next batch.
     let mut held: Vec<Pending> = Vec::new();
+    // The commit/sync context over the state above.
+    macro_rules! retry {
+        () => {
+            Retry {
+                min_free: opts.min_free_space,
+                wal: &wal,
+                shared: &shared,
+                abort: &abort,
+                rt: &rt,
+                rx: &mut rx,
+                held: &mut held,
+                closed: &mut closed,
+                waiting: &mut waiting,
+                durable_count: &mut durable_count,
+                durable: &durable,
+            }
+        };
+    }
 
     while !closed {
         shared.heartbeats.wal.beat();
@@ -249,19 +267,7 @@ pub fn run(
             });
             match first {
                 Err(_) if waiting.due.is_some() => {
-                    let mut ctx = Retry {
-                        min_free: opts.min_free_space,
-                        wal: &wal,
-                        shared: &shared,
-                        abort: &abort,
-                        rt: &rt,
-                        rx: &mut rx,
-                        held: &mut held,
-                        closed: &mut closed,
-                        waiting: &mut waiting,
-                        durable_count: &mut durable_count,
-                        durable: &durable,
-                    };
+                    let mut ctx = retry!();
                     if !ctx.sync_appends() {
                         return;
                     }
@@ -329,19 +335,7 @@ pub fn run(
         // 3. Commit, retrying until it succeeds: nothing is acknowledged before.
         #[cfg(feature = "failpoints")]
         crate::failpoint("wal-writer-before-commit");
-        let mut ctx = Retry {
-            min_free: opts.min_free_space,
-            wal: &wal,
-            shared: &shared,
-            abort: &abort,
-            rt: &rt,
-            rx: &mut rx,
-            held: &mut held,
-            closed: &mut closed,
-            waiting: &mut waiting,
-            durable_count: &mut durable_count,
-            durable: &durable,
-        };
+        let mut ctx = retry!();
         let Some((outcome, durability, committed)) =
             ctx.commit_until_ok(&appends, &mut dead, &mut ack, opts.sync_linger.is_zero())
         else {
@@ -389,19 +383,7 @@ pub fn run(
             Instant::now() >= d || waiting.records.len() >= opts.max_batch_records
         });
         if due || (closed && !waiting.records.is_empty()) {
-            let mut ctx = Retry {
-                min_free: opts.min_free_space,
-                wal: &wal,
-                shared: &shared,
-                abort: &abort,
-                rt: &rt,
-                rx: &mut rx,
-                held: &mut held,
-                closed: &mut closed,
-                waiting: &mut waiting,
-                durable_count: &mut durable_count,
-                durable: &durable,
-            };
+            let mut ctx = retry!();
             if !ctx.sync_appends() {
                 return;
             }
@@ -589,16 +571,9 @@ impl Retry<'_> {
                     if !self.wal.is_closed() {
                         state::set(&self.shared.wal_last_error, Some(why));
                     }
-                    let cancelled = self.rt.block_on(async {
-                        tokio::select! {
-                            _ = self.abort.cancelled() => true,
-                            _ = tokio::time::sleep(delay) => false,
-                        }
-                    });
-                    if cancelled {
+                    if self.pause(&mut delay) {
                         return None;
                     }
-                    delay = (delay * 2).min(Duration::from_secs(5));
                     if let Err(e) = self.wal.reopen() {
                         tracing::warn!(error = %e, "reopening the WAL failed; retrying");
                         state::set(
@@ -644,16 +619,9 @@ impl Retry<'_> {
                 state::set(&self.shared.wal_last_error, Some(e.to_string()));
                 let mut delay = Duration::from_millis(50);
                 loop {
-                    let cancelled = self.rt.block_on(async {
-                        tokio::select! {
-                            _ = self.abort.cancelled() => true,
-                            _ = tokio::time::sleep(delay) => false,
-                        }
-                    });
-                    if cancelled {
+                    if self.pause(&mut delay) {
                         return false;
                     }
-                    delay = (delay * 2).min(Duration::from_secs(5));
                     match self.wal.reopen() {
                         Ok(()) => break,
                         Err(e) => {
@@ -710,6 +678,19 @@ impl Retry<'_> {
         );
         self.publish(records.len());
         true
+    }
+
+    /// Sleep `delay` (then double it, up to 5 s) unless `abort` comes first; true
+    /// when it did.
+    fn pause(&self, delay: &mut Duration) -> bool {
+        let cancelled = self.rt.block_on(async {
+            tokio::select! {
+                _ = self.abort.cancelled() => true,
+                _ = tokio::time::sleep(*delay) => false,
+            }
+        });
+        *delay = (*delay * 2).min(Duration::from_secs(5));
+        cancelled
     }
 
     /// `n` more appends are durable: release their MQTT acknowledgements (rule 1).

@@ -114,6 +114,17 @@ struct JournalState {
     broken: bool,
 }
 
+impl JournalState {
+    fn new(file: Box<dyn redb::StorageBackend>, path: PathBuf) -> Self {
+        Self {
+            journal: Journal::new(file),
+            path,
+            lsn: 0,
+            broken: false,
+        }
+    }
+}
+
 /// O(1) statistics of the log.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WalStats {
@@ -242,15 +253,7 @@ impl Wal {
         name: &str,
         options: WalOptions,
     ) -> Result<Self, OpenError> {
-        let options = WalOptions {
-            journal: false,
-            ..options
-        };
-        let path = PathBuf::from(name);
-        let db = build_database(&options)
-            .create_with_backend(backend)
-            .map_err(|e| OpenError::from_database(&path, e))?;
-        Self::assemble(path, options, db, None)
+        Self::on_backends(backend, None, name, options)
     }
 
     /// Open a WAL on custom storage backends for the database and the journal (used
@@ -261,21 +264,26 @@ impl Wal {
         name: &str,
         options: WalOptions,
     ) -> Result<Self, OpenError> {
+        Self::on_backends(db_backend, Some(Box::new(journal_backend)), name, options)
+    }
+
+    fn on_backends(
+        db_backend: impl redb::StorageBackend,
+        journal_backend: Option<Box<dyn redb::StorageBackend>>,
+        name: &str,
+        options: WalOptions,
+    ) -> Result<Self, OpenError> {
         let options = WalOptions {
-            journal: true,
+            journal: journal_backend.is_some(),
             ..options
         };
         let path = PathBuf::from(name);
         let db = build_database(&options)
             .create_with_backend(db_backend)
             .map_err(|e| OpenError::from_database(&path, e))?;
-        let journal = JournalState {
-            journal: Journal::new(Box::new(journal_backend)),
-            path: PathBuf::from(format!("{name}.journal")),
-            lsn: 0,
-            broken: false,
-        };
-        Self::assemble(path, options, db, Some(journal))
+        let journal =
+            journal_backend.map(|b| JournalState::new(b, PathBuf::from(format!("{name}.journal"))));
+        Self::assemble(path, options, db, journal)
     }
 
     fn assemble(
@@ -731,17 +739,7 @@ fn open_database(path: &Path, options: &WalOptions) -> Result<Database, OpenErro
     // Crash tests make fsync slow or fail through a control file (see `faults`).
     #[cfg(feature = "failpoints")]
     if let Some(control) = faults::control_file() {
-        let io = |source| OpenError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(io)?;
+        let file = open_rw(path)?;
         let backend = faults::FaultyBackend::new(file, control)
             .map_err(|e| OpenError::from_database(path, e))?;
         return builder
@@ -840,23 +838,27 @@ fn sync_journal(j: &mut JournalState) -> Result<(), CommitError> {
     })
 }
 
+/// Open (or create) a file for reading and writing.
+fn open_rw(path: &Path) -> Result<std::fs::File, OpenError> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|source| OpenError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
 /// Open (or create) the journal file when the options ask for one.
 fn open_journal(dir: &Path, options: &WalOptions) -> Result<Option<JournalState>, OpenError> {
     if !options.journal {
         return Ok(None);
     }
     let path = dir.join(journal::FILE_NAME);
-    let io = |source| OpenError::Io {
-        path: path.clone(),
-        source,
-    };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(io)?;
+    let file = open_rw(&path)?;
     let locked = |e: redb::DatabaseError| match e {
         redb::DatabaseError::DatabaseAlreadyOpen => OpenError::Locked { path: path.clone() },
         e => OpenError::from_database(&path, e),
@@ -864,20 +866,10 @@ fn open_journal(dir: &Path, options: &WalOptions) -> Result<Option<JournalState>
     #[cfg(feature = "failpoints")]
     if let Some(control) = faults::control_file() {
         let backend = faults::FaultyBackend::new(file, control).map_err(locked)?;
-        return Ok(Some(JournalState {
-            journal: Journal::new(Box::new(backend)),
-            path,
-            lsn: 0,
-            broken: false,
-        }));
+        return Ok(Some(JournalState::new(Box::new(backend), path)));
     }
     let backend = redb::backends::FileBackend::new(file).map_err(locked)?;
-    Ok(Some(JournalState {
-        journal: Journal::new(Box::new(backend)),
-        path,
-        lsn: 0,
-        broken: false,
-    }))
+    Ok(Some(JournalState::new(Box::new(backend), path)))
 }
 
 /// Load the counters, then replay the journal's frames that redb does not hold yet
