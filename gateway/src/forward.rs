@@ -772,7 +772,11 @@ impl Forwarder {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::error!(error = %e, cursor = self.cursor, "cannot read the WAL; retrying");
-                    state::set(&self.shared.wal_last_error, Some(e.to_string()));
+                    // While a failed reopen keeps the WAL closed, the WAL thread's
+                    // error says why; "closed" would only hide it.
+                    if !self.wal.is_closed() {
+                        state::set(&self.shared.wal_last_error, Some(e.to_string()));
+                    }
                     std::thread::sleep(Duration::from_secs(1));
                     return Ok(sent_any);
                 }

@@ -619,12 +619,16 @@ impl Retry<'_> {
                 state::set(&self.shared.wal_last_error, Some(e.to_string()));
                 let mut delay = Duration::from_millis(50);
                 loop {
+                    // Retrying is progress: the watchdog must not restart the process.
+                    self.shared.heartbeats.wal.beat();
                     if self.pause(&mut delay) {
                         return false;
                     }
                     match self.wal.reopen() {
                         Ok(()) => break,
                         Err(e) => {
+                            // Counted like the failed commit a retry would be.
+                            self.shared.counters.wal_commit_errors.fetch_add(1, Relaxed);
                             tracing::warn!(error = %e, "reopening the WAL failed; retrying");
                             state::set(
                                 &self.shared.wal_last_error,
