@@ -390,6 +390,14 @@ pub fn run(
             unsynced = false;
         }
     }
+    // Committed appends still waiting for their fsync: make them durable and release
+    // their acknowledgements before stopping.
+    if !waiting.records.is_empty() {
+        let mut ctx = retry!();
+        if !ctx.sync_appends() {
+            return;
+        }
+    }
     sync_unsynced(&wal, &shared, &mut unsynced);
     // A clean stop leaves an empty journal: the next start replays nothing.
     if let Err(e) = wal.checkpoint() {
@@ -960,6 +968,49 @@ mod tests {
         drop(tx);
         thread.join().expect("WAL thread panicked");
         // A clean stop checkpoints: nothing left to replay.
+        assert_eq!(wal.journal_len(), wal::journal::HEADER_LEN);
+    }
+
+    /// The ingest goes away while a committed append waits for its fsync: the WAL
+    /// thread syncs and publishes it before stopping.
+    #[test]
+    fn a_stop_during_sync_linger_syncs_and_acknowledges_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Arc::new(Wal::open(dir.path(), wal::WalOptions::default()).unwrap());
+        let (tx, rx) = mpsc::channel(16);
+        let (durable_tx, durable_rx) = watch::channel(0u64);
+        let opts = WriterOptions {
+            max_batch_records: 100,
+            max_batch_bytes: 1 << 20,
+            linger: Duration::ZERO,
+            sync_linger: Duration::from_secs(1),
+            idle_sync: Duration::from_secs(1),
+            min_free_space: 0,
+        };
+        let thread = std::thread::spawn({
+            let wal = wal.clone();
+            move || {
+                let (_, no_forwarder) = mpsc::channel(1);
+                run(
+                    wal,
+                    Inbox::new(rx, no_forwarder),
+                    durable_tx,
+                    Arc::new(Shared::default()),
+                    opts,
+                    CancellationToken::new(),
+                    || {},
+                )
+            }
+        });
+        tx.blocking_send(WalCmd::Append(pending(1))).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while wal.stats().records == 0 {
+            assert!(Instant::now() < deadline, "the record never became visible");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(tx);
+        thread.join().expect("WAL thread panicked");
+        assert_eq!(*durable_rx.borrow(), 1, "stopped without acknowledging");
         assert_eq!(wal.journal_len(), wal::journal::HEADER_LEN);
     }
 
