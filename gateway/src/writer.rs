@@ -914,19 +914,27 @@ mod tests {
         assert!(!closed);
     }
 
-    /// With `sync_linger`, records are visible to the forwarder at once, and the
-    /// acknowledgements wait for one fsync that covers all of them.
-    #[test]
-    fn sync_linger_shows_records_at_once_and_acknowledges_after_one_fsync() {
+    /// A WAL thread running on a fresh WAL, with no forwarder (its channel is closed
+    /// from the start).
+    struct Running {
+        _dir: tempfile::TempDir,
+        wal: Arc<Wal>,
+        tx: mpsc::Sender<WalCmd>,
+        durable: watch::Receiver<u64>,
+        shared: Arc<Shared>,
+        thread: std::thread::JoinHandle<()>,
+    }
+
+    fn start(linger: Duration, sync_linger: Duration) -> Running {
         let dir = tempfile::tempdir().unwrap();
         let wal = Arc::new(Wal::open(dir.path(), wal::WalOptions::default()).unwrap());
         let (tx, rx) = mpsc::channel(16);
-        let (durable_tx, durable_rx) = watch::channel(0u64);
+        let (durable_tx, durable) = watch::channel(0u64);
         let opts = WriterOptions {
             max_batch_records: 100,
             max_batch_bytes: 1 << 20,
-            linger: Duration::ZERO,
-            sync_linger: Duration::from_secs(1),
+            linger,
+            sync_linger,
             idle_sync: Duration::from_secs(1),
             min_free_space: 0,
         };
@@ -946,112 +954,71 @@ mod tests {
                 )
             }
         });
-        let wait = |what: &str, cond: &dyn Fn() -> bool| {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !cond() {
-                assert!(Instant::now() < deadline, "timed out waiting for {what}");
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        };
+        Running {
+            _dir: dir,
+            wal,
+            tx,
+            durable,
+            shared,
+            thread,
+        }
+    }
+
+    fn wait(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// With `sync_linger`, records are visible to the forwarder at once, and the
+    /// acknowledgements wait for one fsync that covers all of them.
+    #[test]
+    fn sync_linger_shows_records_at_once_and_acknowledges_after_one_fsync() {
+        let r = start(Duration::ZERO, Duration::from_secs(1));
         for i in 0..3u8 {
-            tx.blocking_send(WalCmd::Append(pending(i))).unwrap();
-            wait("the record to be visible", &|| {
-                wal.stats().records == u64::from(i) + 1
+            r.tx.blocking_send(WalCmd::Append(pending(i))).unwrap();
+            wait("the record to be visible", || {
+                r.wal.stats().records == u64::from(i) + 1
             });
         }
         // Visible, not yet acknowledged: the fsync is due 1 s after the first.
-        assert_eq!(*durable_rx.borrow(), 0, "acknowledged before the fsync");
-        wait("the acknowledgements", &|| *durable_rx.borrow() == 3);
-        assert_eq!(shared.counters.wal_syncs.load(Relaxed), 1);
-        assert_eq!(shared.counters.wal_commits.load(Relaxed), 3);
-        assert_eq!(shared.counters.wal_records_committed.load(Relaxed), 3);
-        drop(tx);
-        thread.join().expect("WAL thread panicked");
+        assert_eq!(*r.durable.borrow(), 0, "acknowledged before the fsync");
+        wait("the acknowledgements", || *r.durable.borrow() == 3);
+        let c = &r.shared.counters;
+        assert_eq!(c.wal_syncs.load(Relaxed), 1);
+        assert_eq!(c.wal_commits.load(Relaxed), 3);
+        assert_eq!(c.wal_records_committed.load(Relaxed), 3);
+        drop(r.tx);
+        r.thread.join().expect("WAL thread panicked");
         // A clean stop checkpoints: nothing left to replay.
-        assert_eq!(wal.journal_len(), wal::journal::HEADER_LEN);
+        assert_eq!(r.wal.journal_len(), wal::journal::HEADER_LEN);
     }
 
     /// The ingest goes away while a committed append waits for its fsync: the WAL
     /// thread syncs and publishes it before stopping.
     #[test]
     fn a_stop_during_sync_linger_syncs_and_acknowledges_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let wal = Arc::new(Wal::open(dir.path(), wal::WalOptions::default()).unwrap());
-        let (tx, rx) = mpsc::channel(16);
-        let (durable_tx, durable_rx) = watch::channel(0u64);
-        let opts = WriterOptions {
-            max_batch_records: 100,
-            max_batch_bytes: 1 << 20,
-            linger: Duration::ZERO,
-            sync_linger: Duration::from_secs(1),
-            idle_sync: Duration::from_secs(1),
-            min_free_space: 0,
-        };
-        let thread = std::thread::spawn({
-            let wal = wal.clone();
-            move || {
-                let (_, no_forwarder) = mpsc::channel(1);
-                run(
-                    wal,
-                    Inbox::new(rx, no_forwarder),
-                    durable_tx,
-                    Arc::new(Shared::default()),
-                    opts,
-                    CancellationToken::new(),
-                    || {},
-                )
-            }
-        });
-        tx.blocking_send(WalCmd::Append(pending(1))).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while wal.stats().records == 0 {
-            assert!(Instant::now() < deadline, "the record never became visible");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        drop(tx);
-        thread.join().expect("WAL thread panicked");
-        assert_eq!(*durable_rx.borrow(), 1, "stopped without acknowledging");
-        assert_eq!(wal.journal_len(), wal::journal::HEADER_LEN);
+        let r = start(Duration::ZERO, Duration::from_secs(1));
+        r.tx.blocking_send(WalCmd::Append(pending(1))).unwrap();
+        wait("the record to be visible", || r.wal.stats().records == 1);
+        drop(r.tx);
+        r.thread.join().expect("WAL thread panicked");
+        assert_eq!(*r.durable.borrow(), 1, "stopped without acknowledging");
+        assert_eq!(r.wal.journal_len(), wal::journal::HEADER_LEN);
     }
 
     /// `wal.commit_linger` > 0 used to panic the WAL thread ("no reactor running").
     #[test]
     fn commit_linger_commits_after_lingering() {
-        let dir = tempfile::tempdir().unwrap();
-        let wal = Arc::new(Wal::open(dir.path(), wal::WalOptions::default()).unwrap());
-        let (tx, rx) = mpsc::channel(16);
-        let (durable_tx, durable_rx) = watch::channel(0u64);
-        let opts = WriterOptions {
-            max_batch_records: 100,
-            max_batch_bytes: 1 << 20,
-            linger: Duration::from_millis(5),
-            sync_linger: Duration::ZERO,
-            idle_sync: Duration::from_secs(1),
-            min_free_space: 0,
-        };
-        let shared = Arc::new(Shared::default());
-        let thread = std::thread::spawn({
-            let wal = wal.clone();
-            move || {
-                // No forwarder here: its channel is closed from the start.
-                let (_, no_forwarder) = mpsc::channel(1);
-                run(
-                    wal,
-                    Inbox::new(rx, no_forwarder),
-                    durable_tx,
-                    shared,
-                    opts,
-                    CancellationToken::new(),
-                    || {},
-                )
-            }
-        });
+        let r = start(Duration::from_millis(5), Duration::ZERO);
         for i in 0..3u8 {
-            tx.blocking_send(WalCmd::Append(pending(i))).unwrap();
+            r.tx.blocking_send(WalCmd::Append(pending(i))).unwrap();
         }
-        drop(tx);
-        thread.join().expect("WAL thread panicked");
-        assert_eq!(*durable_rx.borrow(), 3);
-        assert_eq!(wal.stats().records, 3);
+        drop(r.tx);
+        r.thread.join().expect("WAL thread panicked");
+        assert_eq!(*r.durable.borrow(), 3);
+        assert_eq!(r.wal.stats().records, 3);
     }
 }
