@@ -230,14 +230,22 @@ pub async fn run(
     });
 
     // MQTT ingest runs until shutdown.
-    let ingest_result = ingest::run(
+    // As a task on a worker thread, not on the thread that called `block_on`: the
+    // workers drive the I/O and timer drivers, so a socket read or a timer wakes the
+    // ingest task on the same thread instead of waking another one (a futex wake and
+    // two context switches per wakeup; docs/BENCHMARKS.md, 3).
+    let ingest_result = match tokio::spawn(ingest::run(
         loaded.clone(),
         wal_tx,
         durable_rx,
         shared.clone(),
         shutdown.clone(),
-    )
-    .await;
+    ))
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => Err(anyhow::anyhow!("MQTT ingest task failed: {e}")),
+    };
     if let Err(e) = &ingest_result {
         tracing::error!(error = %e, "MQTT ingest failed; shutting down");
     }
