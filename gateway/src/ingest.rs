@@ -127,10 +127,22 @@ pub async fn run(
     let mut ticket = 0u64;
     let mut last_acked_ticket = 0u64;
     let mut quick = crate::quickack::QuickAck::default();
+    // One timer for the deferred quick ACK, moved only when its deadline does (at most
+    // once per `quickack::MIN_INTERVAL`), not a new one for every message.
+    let quick_timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(quick_timer);
+    let mut quick_armed: Option<std::time::Instant> = None;
     let mut connected = false;
     let mut failures_logged = 0u32;
 
     loop {
+        let due = quick.due();
+        if due != quick_armed {
+            if let Some(t) = due {
+                quick_timer.as_mut().reset(t.into());
+            }
+            quick_armed = due;
+        }
         let event = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -143,7 +155,7 @@ pub async fn run(
                 continue;
             }
             // A deferred quick TCP ACK (quickack.rs).
-            _ = sleep_until_due(quick.due()) => {
+            _ = &mut quick_timer, if quick_armed.is_some() => {
                 quick.fire();
                 continue;
             }
@@ -309,14 +321,6 @@ fn describe(e: &ConnectionError) -> String {
             format!("connection refused by broker: {code:?} (check mqtt.username / password and the broker's ACL)")
         }
         other => other.to_string(),
-    }
-}
-
-/// Wait until `due`; forever when there is nothing due.
-async fn sleep_until_due(due: Option<std::time::Instant>) {
-    match due {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
-        None => std::future::pending().await,
     }
 }
 
