@@ -12,6 +12,9 @@
 //! 13      N     MQTT topic bytes
 //! 13+N    ..    payload bytes (opaque, not assumed UTF-8)
 //! ```
+//! QoS 2 exchange (`mqtt_qos2_v1`): key = MQTT packet id (u16), value = sequence of
+//! the record (u64).
+//!
 //! Dead-letter value (`dead_letter_v1`):
 //! ```text
 //! 0       1     dead-letter version (DEAD_LETTER_VERSION = 1)
@@ -30,10 +33,14 @@ use crate::WalStats;
 ///
 /// 2: the WAL has a commit journal (`journal.log`, see `journal`) that may hold commits
 /// redb does not have yet; a build that knows only version 1 would ignore it, so it
-/// must refuse the file. Version 1 files are upgraded in place on open.
-pub const FORMAT_VERSION: u64 = 2;
+/// must refuse the file.
+/// 3: the MQTT session state (`mqtt_qos2_v1`, `mqtt_session_id`; see `session`), whose
+/// changes journal frames carry; an older build would take those frames for a torn
+/// tail and drop acknowledged records.
+/// Version 1 and 2 files are upgraded in place on open (nothing to convert).
+pub const FORMAT_VERSION: u64 = 3;
 /// Older versions this build opens (and upgrades).
-pub(crate) const UPGRADABLE_FROM: &[u64] = &[1];
+pub(crate) const UPGRADABLE_FROM: &[u64] = &[1, 2];
 /// Version byte at the start of each record value.
 pub const RECORD_VERSION: u8 = 1;
 /// Version byte at the start of each dead-letter value.
@@ -44,6 +51,9 @@ pub const MAX_TOPIC_LEN: usize = u16::MAX as usize;
 pub(crate) const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records_v1");
 pub(crate) const DEAD_LETTER: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letter_v1");
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta_v1");
+/// Incoming QoS 2 exchanges stored and not released: packet id -> sequence of the
+/// record (see `session`).
+pub(crate) const MQTT_QOS2: TableDefinition<u16, u64> = TableDefinition::new("mqtt_qos2_v1");
 
 pub(crate) const META_FORMAT_VERSION: &str = "format_version";
 const META_NEXT_SEQ: &str = "next_seq";
@@ -54,6 +64,8 @@ const META_DEAD_BYTES: &str = "dead_letter_bytes";
 /// Number of the last journal frame whose changes this redb state holds (absent = 0).
 /// Added without a version bump: a file without it has an empty journal.
 pub(crate) const META_JOURNAL_LSN: &str = "journal_lsn";
+/// The MQTT session the records belong to (absent until the first reset; see `session`).
+pub(crate) const META_MQTT_SESSION: &str = "mqtt_session_id";
 
 const HEADER_LEN: usize = 13;
 const FLAG_RETAIN: u8 = 1;

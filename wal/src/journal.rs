@@ -39,15 +39,23 @@
 //!         acknowledged prefix: u64 (u64::MAX = none)
 //!         appends: first seq u64 | count u32, then per record: length u32 | record
 //!                  value as in `records_v1`
+//!         session changes (only when the frame has any; see `session`): count u32,
+//!                  then per change: kind u8 | packet id u16 | value u64
 //! ```
+//! Version 1 journals (before the session changes) have the same frames without that
+//! last part, and are still replayed.
 
 use redb::StorageBackend;
+
+use crate::session::{self, Change};
 
 /// Journal file name inside the WAL directory.
 pub const FILE_NAME: &str = "journal.log";
 
 const MAGIC: &[u8; 8] = b"MKGJRNL1";
-const VERSION: u32 = 1;
+/// 2: frames may end with session changes. Version 1 files are read too.
+const VERSION: u32 = 2;
+const READABLE_VERSIONS: [u32; 2] = [1, 2];
 /// Length of the journal's header: the journal is empty at this length.
 pub const HEADER_LEN: u64 = 16;
 const FRAME_HEAD: usize = 8;
@@ -66,6 +74,8 @@ pub(crate) struct Frame<'a> {
     pub first_seq: u64,
     /// Encoded record values.
     pub appends: Vec<&'a [u8]>,
+    /// Changes to the MQTT session state, in order.
+    pub session: Vec<Change>,
 }
 
 /// Builds one frame body in a reusable buffer.
@@ -76,13 +86,17 @@ pub(crate) struct FrameBuilder {
     dead_count: u32,
     append_count_at: usize,
     append_count: u32,
+    session_count_at: Option<usize>,
+    session_count: u32,
 }
 
 impl FrameBuilder {
     /// Start a frame. The call order is `begin`, `dead_letter`*, `ack_and_first_seq`,
-    /// `append`*, `finish`.
+    /// `append`*, `session`*, `finish`.
     pub fn begin(&mut self, lsn: u64) {
         self.buf.clear();
+        self.session_count_at = None;
+        self.session_count = 0;
         self.buf.extend_from_slice(&[0; FRAME_HEAD]);
         self.buf.extend_from_slice(&lsn.to_le_bytes());
         self.dead_count_at = self.buf.len();
@@ -140,10 +154,26 @@ impl FrameBuilder {
         Ok(start..self.buf.len())
     }
 
+    /// Add a change to the MQTT session state (after every append).
+    pub fn session(&mut self, change: Change) {
+        if self.session_count_at.is_none() {
+            self.session_count_at = Some(self.buf.len());
+            self.buf.extend_from_slice(&0u32.to_le_bytes());
+        }
+        let (kind, pkid, value) = session::encode(change);
+        self.buf.push(kind);
+        self.buf.extend_from_slice(&pkid.to_le_bytes());
+        self.buf.extend_from_slice(&value.to_le_bytes());
+        self.session_count += 1;
+    }
+
     /// Close the frame: the whole frame (head and body), ready to write.
     pub fn finish(&mut self) -> &[u8] {
         let at = self.append_count_at;
         self.buf[at..at + 4].copy_from_slice(&self.append_count.to_le_bytes());
+        if let Some(at) = self.session_count_at {
+            self.buf[at..at + 4].copy_from_slice(&self.session_count.to_le_bytes());
+        }
         let body = &self.buf[FRAME_HEAD..];
         let len = body.len() as u32;
         let crc = crc32fast::hash(body);
@@ -195,9 +225,9 @@ pub(crate) fn decode_all(data: &[u8]) -> Result<(Vec<(u64, Frame<'_>)>, End), St
         return Err("not a journal file (bad magic)".into());
     }
     let version = u32::from_le_bytes(data[8..12].try_into().unwrap());
-    if version != VERSION {
+    if !READABLE_VERSIONS.contains(&version) {
         return Err(format!(
-            "journal version {version}; this build reads {VERSION}"
+            "journal version {version}; this build reads {READABLE_VERSIONS:?}"
         ));
     }
     let mut frames = Vec::new();
@@ -272,6 +302,16 @@ fn parse_body(body: &[u8]) -> Result<Frame<'_>, String> {
         let n = r.u32()? as usize;
         appends.push(r.bytes(n)?);
     }
+    let mut changes = Vec::new();
+    if r.at < body.len() {
+        let count = r.u32()?;
+        for _ in 0..count {
+            let kind = r.bytes(1)?[0];
+            let pkid = u16::from_le_bytes(r.bytes(2)?.try_into().unwrap());
+            let value = r.u64()?;
+            changes.push(session::decode(kind, pkid, value)?);
+        }
+    }
     if r.at != body.len() {
         return Err("frame has trailing bytes".into());
     }
@@ -281,6 +321,7 @@ fn parse_body(body: &[u8]) -> Result<Frame<'_>, String> {
         ack_up_to: (ack != NO_ACK).then_some(ack),
         first_seq,
         appends,
+        session: changes,
     })
 }
 
@@ -427,6 +468,31 @@ mod tests {
         assert!(frames[1].1.appends.is_empty());
         assert_eq!(frames[0].0, HEADER_LEN);
         assert_eq!(frames[1].0, HEADER_LEN + first.len() as u64);
+    }
+
+    #[test]
+    fn session_changes_roundtrip_and_version_1_frames_still_parse() {
+        let mut b = FrameBuilder::default();
+        b.begin(3);
+        b.ack_and_first_seq(None, 5);
+        b.append(b"q");
+        b.session(Change::Remember { pkid: 7, seq: 5 });
+        b.session(Change::Reset(99));
+        let with = b.finish().to_vec();
+        // Without session changes a frame is exactly what version 1 wrote.
+        let without = frame(4, None, 6, &[b"r"]);
+        let mut data = file(&[with, without]);
+        let (frames, end) = decode_all(&data).unwrap();
+        assert_eq!(end, End::Clean);
+        assert_eq!(
+            frames[0].1.session,
+            vec![Change::Remember { pkid: 7, seq: 5 }, Change::Reset(99)]
+        );
+        assert!(frames[1].1.session.is_empty());
+        data[8..12].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(decode_all(&data).unwrap().0.len(), 2, "a version 1 journal");
+        data[8..12].copy_from_slice(&3u32.to_le_bytes());
+        assert!(decode_all(&data).is_err(), "a newer journal");
     }
 
     #[test]

@@ -10,6 +10,9 @@
 //!   original sequence, each with the reason.
 //! * `meta_v1: str -> u64` — counters that make [`Wal::stats`] O(1) and the next
 //!   sequence number (see [`format`] for every key).
+//! * `mqtt_qos2_v1: u16 -> u64` — the MQTT session state kept with the records: the
+//!   incoming QoS 2 exchanges stored and not yet released by the broker (see
+//!   [`session`]).
 //!
 //! # Invariants
 //! 1. A sequence number is assigned once, in append order, and never reused: the next
@@ -39,6 +42,7 @@
 
 pub mod format;
 pub mod journal;
+pub mod session;
 
 mod error;
 #[cfg(feature = "failpoints")]
@@ -47,6 +51,7 @@ pub mod faults;
 pub use error::{CommitError, Error, OpenError, ReadError};
 pub use format::{DeadLetter, Record, RecordRef};
 pub use redb::Durability;
+pub use session::MqttSession;
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -56,8 +61,9 @@ use std::time::Duration;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use format::{DEAD_LETTER, META, RECORDS};
+use format::{DEAD_LETTER, META, MQTT_QOS2, RECORDS};
 use journal::{FrameBuilder, Journal};
+use session::{ApplyError, BatchChange};
 
 /// File name of the redb database inside the WAL directory.
 pub const FILE_NAME: &str = "wal.redb";
@@ -147,12 +153,13 @@ pub struct WalStats {
 }
 
 /// Changes applied in one transaction by [`Wal::commit`], in this order: dead letters,
-/// acknowledged prefix, appends.
+/// acknowledged prefix, appends, changes to the MQTT session state.
 #[derive(Debug, Default)]
 pub struct WriteBatch<'a> {
     appends: Vec<RecordRef<'a>>,
     dead_letters: Vec<(u64, String)>,
     ack_up_to: Option<u64>,
+    session: Vec<BatchChange>,
 }
 
 impl<'a> WriteBatch<'a> {
@@ -164,6 +171,30 @@ impl<'a> WriteBatch<'a> {
     /// Append a record; it gets the next sequence number.
     pub fn append(&mut self, record: RecordRef<'a>) -> &mut Self {
         self.appends.push(record);
+        self
+    }
+
+    /// Append a record that arrived as MQTT QoS 2 with packet id `pkid`, and remember
+    /// the exchange until [`WriteBatch::release_qos2`] (see [`session`]).
+    pub fn append_qos2(&mut self, record: RecordRef<'a>, pkid: u16) -> &mut Self {
+        self.session.push(BatchChange::Remember {
+            pkid,
+            append: self.appends.len(),
+        });
+        self.appends.push(record);
+        self
+    }
+
+    /// The broker released QoS 2 packet id `pkid`: forget the exchange.
+    pub fn release_qos2(&mut self, pkid: u16) -> &mut Self {
+        self.session.push(BatchChange::Release(pkid));
+        self
+    }
+
+    /// The broker has no session: forget every QoS 2 exchange; what follows belongs to
+    /// session `id` (see [`MqttSession::id`]).
+    pub fn reset_session(&mut self, id: u64) -> &mut Self {
+        self.session.push(BatchChange::Reset(id));
         self
     }
 
@@ -186,7 +217,10 @@ impl<'a> WriteBatch<'a> {
 
     /// True when the batch changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.appends.is_empty() && self.dead_letters.is_empty() && self.ack_up_to.is_none()
+        self.appends.is_empty()
+            && self.dead_letters.is_empty()
+            && self.ack_up_to.is_none()
+            && self.session.is_empty()
     }
 
     /// Forget everything in the batch, keeping its allocation.
@@ -194,6 +228,7 @@ impl<'a> WriteBatch<'a> {
         self.appends.clear();
         self.dead_letters.clear();
         self.ack_up_to = None;
+        self.session.clear();
     }
 }
 
@@ -433,6 +468,9 @@ impl Wal {
         for record in &batch.appends {
             frame.append_with(|buf| format::encode_record_into(buf, record))?;
         }
+        for change in &batch.session {
+            frame.session(change.resolve(before.next_seq));
+        }
         let frame_bytes = frame.finish();
         let ops = journal::parse_frame_unchecked(frame_bytes).map_err(|reason| {
             CommitError::Storage(redb::Error::Io(std::io::Error::other(format!(
@@ -453,20 +491,23 @@ impl Wal {
         }
         let mut stats = before;
         let outcome = {
-            let mut records = txn.open_table(RECORDS)?;
-            let mut dead = txn.open_table(DEAD_LETTER)?;
-            let mut meta = txn.open_table(META)?;
-            let outcome = apply_frame(&ops, &mut records, &mut dead, &mut stats, &mut buf)
-                .map_err(|e| match e {
+            let mut tables = Tables {
+                records: txn.open_table(RECORDS)?,
+                dead: txn.open_table(DEAD_LETTER)?,
+                meta: txn.open_table(META)?,
+                qos2: txn.open_table(MQTT_QOS2)?,
+            };
+            let outcome =
+                apply_frame(&ops, &mut tables, &mut stats, &mut buf).map_err(|e| match e {
                     ApplyError::Storage(e) => CommitError::Storage(e.into()),
                     ApplyError::Mismatch(m) => {
                         CommitError::Storage(redb::Error::Io(std::io::Error::other(m)))
                     }
                 })?;
-            refresh_ends(&records, &mut stats)?;
-            format::store_meta(&mut meta, &stats)?;
+            refresh_ends(&tables.records, &mut stats)?;
+            format::store_meta(&mut tables.meta, &stats)?;
             if journal.is_some() {
-                meta.insert(format::META_JOURNAL_LSN, lsn)?;
+                tables.meta.insert(format::META_JOURNAL_LSN, lsn)?;
             }
             outcome
         };
@@ -686,6 +727,18 @@ impl Wal {
         Ok(out)
     }
 
+    /// The MQTT session state kept with the records (read at start; see [`session`]).
+    pub fn mqtt_session(&self) -> Result<MqttSession, ReadError> {
+        let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+        if self.is_closed() {
+            return Err(ReadError::Storage(redb::Error::DatabaseClosed));
+        }
+        let txn = db.begin_read()?;
+        let qos2 = txn.open_table(MQTT_QOS2)?;
+        let meta = txn.open_table(META)?;
+        Ok(session::load(&qos2, &meta)?)
+    }
+
     /// O(1) statistics, as of the last commit.
     pub fn stats(&self) -> WalStats {
         *self.stats.lock().unwrap_or_else(|e| e.into_inner())
@@ -762,6 +815,7 @@ fn init_and_load(db: &Database, path: &Path) -> Result<(WalStats, u64), OpenErro
     let stats = {
         let records = txn.open_table(RECORDS).map_err(|e| storage(e.into()))?;
         txn.open_table(DEAD_LETTER).map_err(|e| storage(e.into()))?;
+        txn.open_table(MQTT_QOS2).map_err(|e| storage(e.into()))?;
         let mut meta = txn.open_table(META).map_err(|e| storage(e.into()))?;
         let version = meta
             .get(format::META_FORMAT_VERSION)
@@ -911,9 +965,13 @@ fn recover(
     if !todo.is_empty() {
         let txn = db.begin_write().map_err(|e| storage(e.into()))?;
         {
-            let mut records = txn.open_table(RECORDS).map_err(|e| storage(e.into()))?;
-            let mut dead = txn.open_table(DEAD_LETTER).map_err(|e| storage(e.into()))?;
-            let mut meta = txn.open_table(META).map_err(|e| storage(e.into()))?;
+            let open = |e: redb::TableError| storage(e.into());
+            let mut tables = Tables {
+                records: txn.open_table(RECORDS).map_err(open)?,
+                dead: txn.open_table(DEAD_LETTER).map_err(open)?,
+                meta: txn.open_table(META).map_err(open)?,
+                qos2: txn.open_table(MQTT_QOS2).map_err(open)?,
+            };
             let mut buf = Vec::new();
             for (offset, frame) in todo {
                 if frame.lsn != lsn + 1 {
@@ -923,21 +981,19 @@ fn recover(
                         lsn + 1
                     )));
                 }
-                apply_frame(frame, &mut records, &mut dead, &mut stats, &mut buf).map_err(|e| {
-                    match e {
-                        ApplyError::Storage(e) => storage(e.into()),
-                        ApplyError::Mismatch(m) => {
-                            corrupted(format!("frame at offset {offset}: {m}"))
-                        }
-                    }
+                apply_frame(frame, &mut tables, &mut stats, &mut buf).map_err(|e| match e {
+                    ApplyError::Storage(e) => storage(e.into()),
+                    ApplyError::Mismatch(m) => corrupted(format!("frame at offset {offset}: {m}")),
                 })?;
                 lsn = frame.lsn;
                 report.frames += 1;
                 report.records += frame.appends.len() as u64;
             }
-            refresh_ends(&records, &mut stats).map_err(|e| storage(e.into()))?;
-            format::store_meta(&mut meta, &stats).map_err(|e| storage(e.into()))?;
-            meta.insert(format::META_JOURNAL_LSN, lsn)
+            refresh_ends(&tables.records, &mut stats).map_err(|e| storage(e.into()))?;
+            format::store_meta(&mut tables.meta, &stats).map_err(|e| storage(e.into()))?;
+            tables
+                .meta
+                .insert(format::META_JOURNAL_LSN, lsn)
                 .map_err(|e| storage(e.into()))?;
         }
         txn.commit().map_err(|e| storage(e.into()))?;
@@ -950,27 +1006,29 @@ fn recover(
     Ok((stats, report))
 }
 
-enum ApplyError {
-    Storage(redb::StorageError),
-    /// The frame does not fit the database (replay of a journal that is not its own).
-    Mismatch(String),
-}
-
-impl From<redb::StorageError> for ApplyError {
-    fn from(e: redb::StorageError) -> Self {
-        ApplyError::Storage(e)
-    }
+/// The tables one write transaction changes.
+struct Tables<'txn> {
+    records: redb::Table<'txn, u64, &'static [u8]>,
+    dead: redb::Table<'txn, u64, &'static [u8]>,
+    meta: redb::Table<'txn, &'static str, u64>,
+    qos2: redb::Table<'txn, u16, u64>,
 }
 
 /// Apply one frame's changes: dead letters, then the acknowledged prefix, then the
-/// appends. The same code serves a commit and a replay, so both do exactly the same.
+/// appends, then the session changes. The same code serves a commit and a replay, so
+/// both do exactly the same.
 fn apply_frame(
     frame: &journal::Frame<'_>,
-    records: &mut redb::Table<'_, u64, &'static [u8]>,
-    dead: &mut redb::Table<'_, u64, &'static [u8]>,
+    tables: &mut Tables<'_>,
     stats: &mut WalStats,
     buf: &mut Vec<u8>,
 ) -> Result<CommitOutcome, ApplyError> {
+    let Tables {
+        records,
+        dead,
+        meta,
+        qos2,
+    } = tables;
     let mut outcome = CommitOutcome::default();
     for &(seq, parked_at_ms, reason) in &frame.dead_letters {
         let Some(value) = records.remove(seq)? else {
@@ -1025,6 +1083,7 @@ fn apply_frame(
         }
         outcome.appended = frame.appends.len() as u64;
     }
+    session::apply(&frame.session, qos2, meta, stats.next_seq)?;
     Ok(outcome)
 }
 

@@ -220,11 +220,26 @@ fn failed_reopen_refuses_commits_until_a_reopen_succeeds() {
 #[derive(Debug, Clone)]
 enum Action {
     Append(Vec<(u8, Vec<u8>)>),
-    Read { from_back: u64, max: usize },
-    Ack { back: u64 },
-    DeadLetter { back: u64 },
-    AckNonDurable { back: u64 },
+    Read {
+        from_back: u64,
+        max: usize,
+    },
+    Ack {
+        back: u64,
+    },
+    DeadLetter {
+        back: u64,
+    },
+    AckNonDurable {
+        back: u64,
+    },
     Reopen,
+    /// A QoS 2 record with this packet id, then maybe releases and a reset, in one batch.
+    Qos2 {
+        pkid: u16,
+        release: Vec<u16>,
+        reset: Option<u64>,
+    },
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -236,6 +251,8 @@ fn action() -> impl Strategy<Value = Action> {
         1 => (0u64..10).prop_map(|back| Action::DeadLetter { back }),
         1 => (0u64..10).prop_map(|back| Action::AckNonDurable { back }),
         1 => Just(Action::Reopen),
+        2 => (0u16..6, prop::collection::vec(0u16..6, 0..3), prop::option::weighted(0.2, 1u64..4))
+            .prop_map(|(pkid, release, reset)| Action::Qos2 { pkid, release, reset }),
     ]
 }
 
@@ -244,6 +261,8 @@ struct Model {
     next: u64,
     records: BTreeMap<u64, (String, Vec<u8>)>,
     dead: BTreeMap<u64, String>,
+    session: Option<u64>,
+    qos2: BTreeMap<u16, u64>,
 }
 
 proptest! {
@@ -300,7 +319,32 @@ proptest! {
                     drop(wal);
                     wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
                 }
+                Action::Qos2 { pkid, release, reset } => {
+                    let mut b = WriteBatch::new();
+                    b.append_qos2(rec("alarms/x", b"q2"), pkid);
+                    for r in &release {
+                        b.release_qos2(*r);
+                    }
+                    if let Some(id) = reset {
+                        b.reset_session(id);
+                    }
+                    let durability = if release.len() == 1 { Durability::None } else { Durability::Immediate };
+                    wal.commit(&b, durability).unwrap();
+                    m.records.insert(m.next, ("alarms/x".into(), b"q2".to_vec()));
+                    m.qos2.insert(pkid, m.next);
+                    m.next += 1;
+                    for r in &release {
+                        m.qos2.remove(r);
+                    }
+                    if let Some(id) = reset {
+                        m.qos2.clear();
+                        m.session = Some(id);
+                    }
+                }
             }
+            let session = wal.mqtt_session().unwrap();
+            prop_assert_eq!(session.id, m.session);
+            prop_assert_eq!(session.qos2, m.qos2.iter().map(|(k, v)| (*k, *v)).collect::<Vec<_>>());
             let s = wal.stats();
             prop_assert_eq!(s.records, m.records.len() as u64);
             prop_assert_eq!(s.next_seq, m.next);
@@ -360,6 +404,44 @@ fn journal_replays_commits_redb_did_not_persist() {
     let again = Wal::open(crashed.path(), WalOptions::default()).unwrap();
     assert_eq!(again.recovered(), Recovery::default());
     assert_eq!(again.stats().records, 2);
+}
+
+/// The session state is replayed from the journal like the records it came with.
+#[test]
+fn qos2_exchanges_survive_a_crash_with_their_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let crashed = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let mut b = WriteBatch::new();
+    b.reset_session(42)
+        .append_qos2(rec("a", b"1"), 7)
+        .append(rec("a", b"2"))
+        .append_qos2(rec("a", b"3"), 9);
+    wal.commit(&b, Durability::None).unwrap();
+    let mut b = WriteBatch::new();
+    b.release_qos2(7).append_qos2(rec("a", b"4"), 7);
+    wal.commit(&b, Durability::Immediate).unwrap();
+    let want = MqttSession {
+        id: Some(42),
+        qos2: vec![(7, 4), (9, 3)],
+    };
+    assert_eq!(wal.mqtt_session().unwrap(), want);
+    crash_copy(dir.path(), crashed.path());
+    let reopened = Wal::open(crashed.path(), WalOptions::default()).unwrap();
+    assert_eq!(reopened.recovered().frames, 2);
+    assert_eq!(reopened.mqtt_session().unwrap(), want);
+    // Kafka acknowledging the records does not release the exchanges.
+    reopened.ack_up_to(4, Durability::Immediate).unwrap();
+    let mut b = WriteBatch::new();
+    b.reset_session(43);
+    reopened.commit(&b, Durability::Immediate).unwrap();
+    assert_eq!(
+        reopened.mqtt_session().unwrap(),
+        MqttSession {
+            id: Some(43),
+            qos2: vec![]
+        }
+    );
 }
 
 #[test]
