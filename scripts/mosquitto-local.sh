@@ -16,6 +16,7 @@
 #   MKG_MOSQUITTO_START_TIMEOUT (default 15), MKG_MOSQUITTO_STOP_TIMEOUT (default 15),
 #   MKG_MOSQUITTO_AUTOSAVE (autosave_interval in seconds, default 1 so that a SIGKILL
 #   test loses little; Mosquitto's own default is 1800),
+#   MKG_MOSQUITTO_DEBUG (non-empty: log every packet, `log_type debug`),
 #   MKG_MOSQUITTO_TCP_NODELAY (set_tcp_nodelay, default false like Mosquitto's own:
 #   Nagle's algorithm on; the gateway asks its kernel for quick TCP ACKs so that
 #   Nagle does not hold messages back, gateway/src/quickack.rs).
@@ -78,6 +79,7 @@ log_type error
 log_type warning
 log_type notice
 log_type information
+${MKG_MOSQUITTO_DEBUG:+log_type debug}
 connection_messages true
 log_timestamp_format %Y-%m-%dT%H:%M:%S
 EOF

@@ -72,12 +72,37 @@ pub struct Histogram {
 pub struct MqttStatus {
     /// Whether the broker session is up.
     pub connected: bool,
+    /// Whether the broker acknowledged every subscription on this connection (messages
+    /// flow only then).
+    pub subscribed: bool,
+    /// Filters the broker refused on this connection (its ACL), retried on reconnect.
+    pub refused_subscriptions: Vec<String>,
     /// Broker address, if configured.
     pub server: Option<String>,
     /// Most recent connection error, kept after reconnecting so operators can see what flapped.
     pub last_error: Option<String>,
     /// False while ingest is paused (e.g. the WAL cannot commit), so publishes are not acked.
     pub accepting: bool,
+    /// The broker had the gateway's session at the last connection.
+    pub session_present: bool,
+    /// The last time the broker had lost the gateway's persistent session, if ever.
+    pub session_lost: Option<SessionLost>,
+    /// Incoming QoS 2 exchanges stored and not yet released by the broker.
+    pub qos2_pending: u64,
+}
+
+/// The broker answered a reconnect without the gateway's persistent session: what it
+/// had queued for the gateway may be lost.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SessionLost {
+    /// When it was noticed, Unix milliseconds.
+    pub at_ms: u64,
+    /// Seconds since.
+    pub age_seconds: f64,
+    /// What may have been lost and the likely causes.
+    pub message: String,
+    /// Still recent enough to fail `/readyz` (`mqtt.session_lost_alert`).
+    pub alerting: bool,
 }
 
 /// State of the write-ahead log.
@@ -135,6 +160,12 @@ pub struct Counters {
     pub mqtt_messages_acked: u64,
     /// MQTT reconnections.
     pub mqtt_reconnects: u64,
+    /// Reconnects on which the broker had lost the gateway's persistent session.
+    pub mqtt_sessions_lost: u64,
+    /// QoS 2 messages resent by the broker that were already stored (not stored again).
+    pub mqtt_qos2_duplicates: u64,
+    /// Subscriptions the broker refused (per filter and connection).
+    pub mqtt_subscriptions_refused: u64,
     /// Records committed to the WAL.
     pub wal_records_committed: u64,
     /// WAL commits (each may hold many records).

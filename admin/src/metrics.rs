@@ -11,7 +11,7 @@ use crate::Snapshot;
 pub(crate) fn render(s: &Snapshot) -> String {
     let mut out = String::with_capacity(4096);
     let c = &s.counters;
-    let counters: [(&str, &str, u64); 11] = [
+    let counters: &[(&str, &str, u64)] = &[
         (
             "mkg_mqtt_messages_received_total",
             "MQTT publishes received.",
@@ -26,6 +26,21 @@ pub(crate) fn render(s: &Snapshot) -> String {
             "mkg_mqtt_reconnects_total",
             "MQTT reconnections.",
             c.mqtt_reconnects,
+        ),
+        (
+            "mkg_mqtt_sessions_lost_total",
+            "Reconnects on which the broker had lost the gateway's persistent session (what it had queued may be lost).",
+            c.mqtt_sessions_lost,
+        ),
+        (
+            "mkg_mqtt_subscriptions_refused_total",
+            "Subscriptions the broker refused (SUBACK failure; its ACL), per filter and connection.",
+            c.mqtt_subscriptions_refused,
+        ),
+        (
+            "mkg_mqtt_qos2_duplicates_total",
+            "QoS 2 messages the broker resent that were already stored (answered, not stored again).",
+            c.mqtt_qos2_duplicates,
         ),
         (
             "mkg_wal_records_committed_total",
@@ -68,7 +83,7 @@ pub(crate) fn render(s: &Snapshot) -> String {
         family(&mut out, name, help, "counter", "", &value.to_string());
     }
 
-    let gauges: [(&str, &str, String); 10] = [
+    let gauges: &[(&str, &str, String)] = &[
         (
             "mkg_backlog_records",
             "Records in the WAL not yet acknowledged by Kafka.",
@@ -105,6 +120,21 @@ pub(crate) fn render(s: &Snapshot) -> String {
             flag(s.mqtt.connected),
         ),
         (
+            "mkg_mqtt_subscribed",
+            "1 if the broker acknowledged every subscription on this connection.",
+            flag(s.mqtt.subscribed),
+        ),
+        (
+            "mkg_mqtt_session_present",
+            "1 if the broker had the gateway's session at the last connection.",
+            flag(s.mqtt.session_present),
+        ),
+        (
+            "mkg_mqtt_qos2_pending",
+            "Incoming QoS 2 exchanges stored and not yet released by the broker.",
+            s.mqtt.qos2_pending.to_string(),
+        ),
+        (
             "mkg_mqtt_accepting",
             "1 if MQTT ingest is accepting messages (0 while paused).",
             flag(s.mqtt.accepting),
@@ -121,7 +151,7 @@ pub(crate) fn render(s: &Snapshot) -> String {
         ),
     ];
     for (name, help, value) in gauges {
-        family(&mut out, name, help, "gauge", "", &value);
+        family(&mut out, name, help, "gauge", "", value);
     }
 
     histogram(
@@ -267,7 +297,7 @@ mod tests {
             );
             assert!(name.starts_with("mkg_"), "{name} lacks the mkg_ prefix");
         }
-        assert_eq!(samples, 25);
+        assert_eq!(samples, 31);
         assert!(text.ends_with('\n'));
     }
 }

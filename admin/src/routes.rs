@@ -157,12 +157,25 @@ fn readyz(snap: &Snapshot) -> Response<Full<Bytes>> {
     let mut reasons = Vec::new();
     if !snap.mqtt.connected {
         reasons.push(with_cause("mqtt not connected", &snap.mqtt.last_error));
+    } else if !snap.mqtt.refused_subscriptions.is_empty() {
+        reasons.push(format!(
+            "mqtt broker refused subscription to {} (check its ACL for this user)",
+            snap.mqtt.refused_subscriptions.join(", ")
+        ));
+    } else if !snap.mqtt.subscribed {
+        reasons.push("mqtt subscriptions not acknowledged yet".to_owned());
     }
     if !snap.wal.writable {
         reasons.push(with_cause("wal not writable", &snap.wal.last_error));
     }
     if !snap.mqtt.accepting {
         reasons.push("mqtt ingest paused".to_owned());
+    }
+    if let Some(lost) = snap.mqtt.session_lost.as_ref().filter(|l| l.alerting) {
+        reasons.push(format!(
+            "mqtt broker lost the gateway's persistent session {:.0}s ago: messages it had queued may be lost (see /status mqtt.session_lost)",
+            lost.age_seconds
+        ));
     }
     let ready = reasons.is_empty();
     let status = if ready {

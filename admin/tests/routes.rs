@@ -123,6 +123,27 @@ async fn readyz_single_reason_without_cause() {
             },
             "mqtt ingest paused",
         ),
+        (
+            Snapshot {
+                mqtt: admin::MqttStatus {
+                    subscribed: false,
+                    ..healthy().mqtt
+                },
+                ..healthy()
+            },
+            "mqtt subscriptions not acknowledged yet",
+        ),
+        (
+            Snapshot {
+                mqtt: admin::MqttStatus {
+                    subscribed: false,
+                    refused_subscriptions: vec!["secret/#".into(), "$SYS/#".into()],
+                    ..healthy().mqtt
+                },
+                ..healthy()
+            },
+            "mqtt broker refused subscription to secret/#, $SYS/# (check its ACL for this user)",
+        ),
     ] {
         let src = FakeSource::new(snap);
         let (status, _, body) = call(&src, get("/readyz")).await;
@@ -130,6 +151,28 @@ async fn readyz_single_reason_without_cause() {
         let v: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v, json!({"ready": false, "reasons": [reason]}));
     }
+}
+
+#[tokio::test]
+async fn readyz_fails_while_a_lost_session_is_recent() {
+    let lost = |alerting| {
+        let mut snap = healthy();
+        snap.mqtt.session_lost = Some(admin::SessionLost {
+            at_ms: 1,
+            age_seconds: 42.4,
+            message: "the broker restarted without persistence".into(),
+            alerting,
+        });
+        snap
+    };
+    let (status, _, body) = call(&FakeSource::new(lost(true)), get("/readyz")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        body.contains("lost the gateway's persistent session 42s ago"),
+        "{body}"
+    );
+    let (status, _, _) = call(&FakeSource::new(lost(false)), get("/readyz")).await;
+    assert_eq!(status, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -187,6 +230,9 @@ async fn metrics_exposition() {
         ("mkg_mqtt_messages_received_total", "counter", "101"),
         ("mkg_mqtt_messages_acked_total", "counter", "102"),
         ("mkg_mqtt_reconnects_total", "counter", "103"),
+        ("mkg_mqtt_sessions_lost_total", "counter", "112"),
+        ("mkg_mqtt_subscriptions_refused_total", "counter", "114"),
+        ("mkg_mqtt_qos2_duplicates_total", "counter", "113"),
         ("mkg_wal_records_committed_total", "counter", "104"),
         ("mkg_wal_commits_total", "counter", "105"),
         ("mkg_wal_syncs_total", "counter", "111"),
@@ -202,6 +248,9 @@ async fn metrics_exposition() {
         ("mkg_dead_letter_bytes", "gauge", "300"),
         ("mkg_kafka_in_flight", "gauge", "4"),
         ("mkg_mqtt_connected", "gauge", "1"),
+        ("mkg_mqtt_subscribed", "gauge", "1"),
+        ("mkg_mqtt_session_present", "gauge", "1"),
+        ("mkg_mqtt_qos2_pending", "gauge", "3"),
         ("mkg_mqtt_accepting", "gauge", "1"),
         ("mkg_wal_writable", "gauge", "1"),
         ("mkg_uptime_seconds", "gauge", "12.5"),

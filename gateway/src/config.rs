@@ -99,6 +99,10 @@ pub struct MqttConfig {
     /// Longest reconnect delay.
     #[serde(default = "default_reconnect_max", with = "humantime_serde")]
     pub reconnect_max_delay: Duration,
+    /// How long `/readyz` fails after the broker answered a reconnect without the
+    /// gateway's persistent session (it is logged and counted either way; 0 = never).
+    #[serde(default = "default_session_lost_alert", with = "humantime_serde")]
+    pub session_lost_alert: Duration,
 }
 
 /// One subscription.
@@ -382,6 +386,9 @@ fn default_reconnect_min() -> Duration {
 }
 fn default_reconnect_max() -> Duration {
     Duration::from_secs(30)
+}
+fn default_session_lost_alert() -> Duration {
+    Duration::from_secs(300)
 }
 fn default_bootstrap() -> String {
     "127.0.0.1:9092".into()

@@ -103,13 +103,19 @@ pub async fn run(
         );
     }
     let st = wal.stats();
+    let mqtt_session = wal.mqtt_session().map_err(anyhow::Error::from)?;
     tracing::info!(
         path = %wal.path().display(),
         backlog = st.records,
         dead_letters = st.dead_letters,
         next_seq = st.next_seq,
+        qos2_unreleased = mqtt_session.qos2.len(),
         "WAL open"
     );
+    *shared
+        .session_lost_alert
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = cfg.mqtt.session_lost_alert;
 
     // Admin API first, so the backlog is visible even while brokers are down.
     let admin_token = CancellationToken::new();
@@ -239,6 +245,7 @@ pub async fn run(
         wal_tx,
         durable_rx,
         shared.clone(),
+        mqtt_session,
         shutdown.clone(),
     ))
     .await

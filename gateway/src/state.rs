@@ -16,6 +16,14 @@ pub struct Counters {
     pub mqtt_messages_acked: AtomicU64,
     /// Connections lost (or never made) and retried.
     pub mqtt_reconnects: AtomicU64,
+    /// Reconnects on which the broker no longer had the gateway's persistent session.
+    pub mqtt_sessions_lost: AtomicU64,
+    /// QoS 2 messages the broker resent that were already stored (answered, not stored
+    /// again).
+    pub mqtt_qos2_duplicates: AtomicU64,
+    /// Subscriptions the broker refused (SUBACK failure), counted per filter and
+    /// connection.
+    pub mqtt_subscriptions_refused: AtomicU64,
     /// Records committed durably to the WAL.
     pub wal_records_committed: AtomicU64,
     /// Write transactions committed.
@@ -185,10 +193,22 @@ pub struct Shared {
     pub commit_times: CommitTimes,
     /// An MQTT session is up.
     pub mqtt_connected: AtomicBool,
+    /// The broker acknowledged every subscription on this connection.
+    pub mqtt_subscribed: AtomicBool,
+    /// Subscriptions the broker refused on this connection (filters).
+    pub mqtt_refused: Mutex<Vec<String>>,
     /// New MQTT messages are being written (false while the WAL cannot commit).
     pub mqtt_accepting: AtomicBool,
     /// The broker currently used.
     pub mqtt_server: Mutex<Option<String>>,
+    /// The broker had the session at the last CONNACK.
+    pub mqtt_session_present: AtomicBool,
+    /// Incoming QoS 2 exchanges stored and not yet released by the broker.
+    pub mqtt_qos2_pending: AtomicU64,
+    /// The last time the broker had lost the persistent session.
+    pub mqtt_session_lost: Mutex<Option<SessionLost>>,
+    /// How long a lost session keeps `/readyz` failing (`mqtt.session_lost_alert`).
+    pub session_lost_alert: Mutex<Duration>,
     /// Last MQTT error, if any.
     pub mqtt_last_error: Mutex<Option<String>>,
     /// The last commit succeeded.
@@ -210,8 +230,14 @@ impl Default for Shared {
             counters: Counters::default(),
             commit_times: CommitTimes::default(),
             mqtt_connected: AtomicBool::new(false),
+            mqtt_subscribed: AtomicBool::new(false),
+            mqtt_refused: Mutex::new(Vec::new()),
             mqtt_accepting: AtomicBool::new(true),
             mqtt_server: Mutex::new(None),
+            mqtt_session_present: AtomicBool::new(false),
+            mqtt_qos2_pending: AtomicU64::new(0),
+            mqtt_session_lost: Mutex::new(None),
+            session_lost_alert: Mutex::new(Duration::from_secs(300)),
             mqtt_last_error: Mutex::new(None),
             wal_writable: AtomicBool::new(true),
             wal_last_error: Mutex::new(None),
@@ -221,6 +247,39 @@ impl Default for Shared {
             started: Instant::now(),
         }
     }
+}
+
+/// When and how the broker lost the gateway's session.
+#[derive(Debug, Clone)]
+pub struct SessionLost {
+    /// When it was noticed.
+    pub at: Instant,
+    /// The same, Unix milliseconds.
+    pub at_ms: u64,
+    /// What may have been lost and why (the warning that was logged).
+    pub message: String,
+}
+
+impl Shared {
+    /// Record that the broker lost the persistent session.
+    pub fn session_lost(&self, message: String) {
+        let lost = SessionLost {
+            at: Instant::now(),
+            at_ms: unix_ms(),
+            message,
+        };
+        *self
+            .mqtt_session_lost
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(lost);
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Store `value` in a status slot.
@@ -248,19 +307,39 @@ impl admin::Source for AdminView {
         let s = &self.shared;
         let c = &s.counters;
         let w = self.wal.stats();
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let now_ms = unix_ms();
+        let session_lost = s
+            .mqtt_session_lost
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|l| admin::SessionLost {
+                at_ms: l.at_ms,
+                age_seconds: l.at.elapsed().as_secs_f64(),
+                message: l.message.clone(),
+                alerting: l.at.elapsed()
+                    < *s.session_lost_alert
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()),
+            });
         admin::Snapshot {
             gateway_id: self.gateway_id.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_seconds: s.started.elapsed().as_secs_f64(),
             mqtt: admin::MqttStatus {
                 connected: s.mqtt_connected.load(Relaxed),
+                subscribed: s.mqtt_subscribed.load(Relaxed),
+                refused_subscriptions: s
+                    .mqtt_refused
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone(),
                 server: get(&s.mqtt_server),
                 last_error: get(&s.mqtt_last_error),
                 accepting: s.mqtt_accepting.load(Relaxed),
+                session_present: s.mqtt_session_present.load(Relaxed),
+                session_lost,
+                qos2_pending: s.mqtt_qos2_pending.load(Relaxed),
             },
             wal: admin::WalStatus {
                 path: self.wal.path().display().to_string(),
@@ -291,6 +370,9 @@ impl admin::Source for AdminView {
                 mqtt_messages_received: c.mqtt_messages_received.load(Relaxed),
                 mqtt_messages_acked: c.mqtt_messages_acked.load(Relaxed),
                 mqtt_reconnects: c.mqtt_reconnects.load(Relaxed),
+                mqtt_sessions_lost: c.mqtt_sessions_lost.load(Relaxed),
+                mqtt_qos2_duplicates: c.mqtt_qos2_duplicates.load(Relaxed),
+                mqtt_subscriptions_refused: c.mqtt_subscriptions_refused.load(Relaxed),
                 wal_records_committed: c.wal_records_committed.load(Relaxed),
                 wal_commits: c.wal_commits.load(Relaxed),
                 wal_syncs: c.wal_syncs.load(Relaxed),

@@ -42,19 +42,66 @@ pub struct Pending {
     pub dup: bool,
     /// Receive time, Unix ms.
     pub receive_time_ms: u64,
+    /// For a QoS 2 message: its packet id, remembered with the record until the broker
+    /// releases it (`wal::session`).
+    pub qos2_pkid: Option<u16>,
+}
+
+impl Pending {
+    /// Bytes it adds to a batch.
+    fn size(&self) -> usize {
+        self.payload.len() + self.topic.len()
+    }
+}
+
+/// A change to the MQTT session state the WAL keeps with the records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionOp {
+    /// The broker released this QoS 2 packet id (PUBREL): forget it.
+    Release(u16),
+    /// The broker has no session: forget every QoS 2 exchange; what follows belongs to
+    /// this session.
+    Reset(u64),
 }
 
 /// Commands to the WAL thread.
 #[derive(Debug)]
 pub enum WalCmd {
-    /// Append a message. Appends are numbered 1, 2, 3... in the order they are sent
-    /// (there is one sender: the ingest task); the durable count says how many are on
-    /// disk.
+    /// Append a message. Ingest commands ([`WalCmd::Append`] and [`WalCmd::Session`])
+    /// are numbered 1, 2, 3... in the order they are sent (there is one sender: the
+    /// ingest task); the durable count says how many are on disk.
     Append(Pending),
+    /// Change the MQTT session state (an ingest command, counted like an append).
+    Session(SessionOp),
     /// Delete every record `<= seq`: Kafka acknowledged them.
     AckUpTo(u64),
     /// Move a record to the dead-letter table.
     DeadLetter(u64, String),
+}
+
+/// An ingest command on its way to disk, in arrival order.
+#[derive(Debug)]
+enum Entry {
+    Record(Pending),
+    Session(SessionOp),
+}
+
+impl Entry {
+    /// Bytes it adds to a batch.
+    fn size(&self) -> usize {
+        match self {
+            Entry::Record(p) => p.size(),
+            Entry::Session(_) => 16,
+        }
+    }
+}
+
+/// Records among `entries`.
+fn records(entries: &[Entry]) -> usize {
+    entries
+        .iter()
+        .filter(|e| matches!(e, Entry::Record(_)))
+        .count()
 }
 
 /// The WAL thread's two inboxes. The forwarder's commands (deletes, dead letters; in
@@ -203,7 +250,7 @@ fn low_space(wal: &Wal, min_free: u64, need: u64) -> Option<String> {
 }
 
 /// Run the WAL thread until every command sender of `inbox` is gone (or `abort` is cancelled
-/// while a commit keeps failing). `durable` receives the number of appends on disk;
+/// while a commit keeps failing). `durable` receives the number of ingest commands on disk;
 /// `on_append` is called after each commit that appended records.
 pub fn run(
     wal: Arc<Wal>,
@@ -218,7 +265,7 @@ pub fn run(
         .enable_time()
         .build()
         .expect("current-thread runtime for the WAL thread");
-    let mut appends: Vec<Pending> = Vec::with_capacity(opts.max_batch_records.min(65_536));
+    let mut appends: Vec<Entry> = Vec::with_capacity(opts.max_batch_records.min(65_536));
     let mut dead: Vec<(u64, String)> = Vec::new();
     let mut ack: Option<u64> = None;
     let mut durable_count = 0u64;
@@ -230,7 +277,7 @@ pub fn run(
     let mut last_commit = Instant::now() - MIN_COMMIT_INTERVAL;
 
     // Appends received while commits were failing: the head of the next batch.
-    let mut held: Vec<Pending> = Vec::new();
+    let mut held: Vec<Entry> = Vec::new();
     // The commit/sync context over the state above.
     macro_rules! retry {
         () => {
@@ -283,11 +330,11 @@ pub fn run(
             }
         } else {
             let mut n = 0;
-            for p in held.iter() {
+            for e in held.iter() {
                 if n >= opts.max_batch_records || bytes >= opts.max_batch_bytes {
                     break;
                 }
-                bytes += p.payload.len() + p.topic.len();
+                bytes += e.size();
                 n += 1;
             }
             appends.extend(held.drain(..n));
@@ -355,7 +402,7 @@ pub fn run(
         unsynced = !durable_now;
         if committed < appends.len() {
             // Only a prefix fitted (disk nearly full): the rest heads the next batch.
-            let rest: Vec<Pending> = appends.drain(committed..).collect();
+            let rest: Vec<Entry> = appends.drain(committed..).collect();
             held.splice(0..0, rest);
         }
         if !appends.is_empty() {
@@ -363,18 +410,20 @@ pub fn run(
                 c.wal_syncs.fetch_add(1, Relaxed);
                 durable_count += appends.len() as u64;
                 c.wal_records_committed
-                    .fetch_add(appends.len() as u64, Relaxed);
+                    .fetch_add(records(&appends) as u64, Relaxed);
                 // Rule 1: acknowledgements are released only now, after the fsync.
                 durable.send_replace(durable_count);
             } else {
                 // Visible to the forwarder now; acknowledged after the sync below.
                 if waiting.records.is_empty() {
-                    waiting.first_seq = outcome.first_appended.unwrap_or(0);
+                    waiting.first_seq = wal.stats().next_seq - outcome.appended;
                     waiting.due = Some(Instant::now() + opts.sync_linger);
                 }
                 waiting.records.append(&mut appends);
             }
-            on_append();
+            if outcome.appended > 0 {
+                on_append();
+            }
         }
         appends.clear();
         dead.clear();
@@ -406,11 +455,12 @@ pub fn run(
     tracing::debug!("WAL thread stopped");
 }
 
-/// Committed appends waiting for the fsync that makes them durable.
+/// Committed ingest commands waiting for the fsync that makes them durable.
 #[derive(Debug, Default)]
 struct Unsynced {
-    records: Vec<Pending>,
-    /// Sequence number of the first of `records`.
+    records: Vec<Entry>,
+    /// Sequence number of the first record of `records` (the next sequence when they
+    /// were committed).
     first_seq: u64,
     /// When the sync is due (`None` while `records` is empty).
     due: Option<Instant>,
@@ -424,17 +474,31 @@ const MIN_COMMIT_INTERVAL: Duration = Duration::from_millis(1);
 /// ingest waits; Mosquitto keeps the rest).
 const HOLD_LIMIT: usize = 65_536;
 
-fn build<'a>(appends: &'a [Pending], dead: &[(u64, String)], ack: Option<u64>) -> WriteBatch<'a> {
+fn build<'a>(appends: &'a [Entry], dead: &[(u64, String)], ack: Option<u64>) -> WriteBatch<'a> {
     let mut batch = WriteBatch::new();
-    for p in appends {
-        batch.append(RecordRef {
-            topic: &p.topic,
-            payload: &p.payload,
-            qos: p.qos,
-            retain: p.retain,
-            dup: p.dup,
-            receive_time_ms: p.receive_time_ms,
-        });
+    for e in appends {
+        match e {
+            Entry::Record(p) => {
+                let record = RecordRef {
+                    topic: &p.topic,
+                    payload: &p.payload,
+                    qos: p.qos,
+                    retain: p.retain,
+                    dup: p.dup,
+                    receive_time_ms: p.receive_time_ms,
+                };
+                match p.qos2_pkid {
+                    Some(pkid) => batch.append_qos2(record, pkid),
+                    None => batch.append(record),
+                };
+            }
+            Entry::Session(SessionOp::Release(pkid)) => {
+                batch.release_qos2(*pkid);
+            }
+            Entry::Session(SessionOp::Reset(id)) => {
+                batch.reset_session(*id);
+            }
+        }
     }
     for (seq, reason) in dead {
         batch.dead_letter(*seq, reason.clone());
@@ -452,7 +516,7 @@ struct Retry<'a> {
     abort: &'a CancellationToken,
     rt: &'a tokio::runtime::Runtime,
     rx: &'a mut Inbox,
-    held: &'a mut Vec<Pending>,
+    held: &'a mut Vec<Entry>,
     closed: &'a mut bool,
     waiting: &'a mut Unsynced,
     durable_count: &'a mut u64,
@@ -467,7 +531,7 @@ impl Retry<'_> {
     /// when `abort` was cancelled first.
     fn commit_until_ok(
         &mut self,
-        appends: &[Pending],
+        appends: &[Entry],
         dead: &mut Vec<(u64, String)>,
         ack: &mut Option<u64>,
         sync_now: bool,
@@ -484,7 +548,7 @@ impl Retry<'_> {
             // (they free room) and hold the appends.
             let need: u64 = appends[..limit]
                 .iter()
-                .map(|p| (p.payload.len() + p.topic.len() + 64) as u64)
+                .map(|e| (e.size() + 64) as u64)
                 .sum();
             if limit > 0 {
                 if let Some(why) = low_space(self.wal, self.min_free, 2 * need) {
@@ -614,9 +678,9 @@ impl Retry<'_> {
             Ok(()) => {
                 self.shared.commit_times.record(started.elapsed());
                 self.shared.counters.wal_syncs.fetch_add(1, Relaxed);
-                let records = std::mem::take(&mut self.waiting.records);
+                let entries = std::mem::take(&mut self.waiting.records);
                 self.waiting.due = None;
-                self.publish(records.len());
+                self.publish(&entries);
                 true
             }
             Err(e) => {
@@ -662,9 +726,9 @@ impl Retry<'_> {
     /// in order, before anything newer; they get the same sequence numbers. Then all of
     /// them are published. Returns false only when `abort` was cancelled first.
     fn restore_waiting(&mut self) -> bool {
-        let records = std::mem::take(&mut self.waiting.records);
+        let entries = std::mem::take(&mut self.waiting.records);
         self.waiting.due = None;
-        if records.is_empty() {
+        if entries.is_empty() {
             return true;
         }
         let present = self
@@ -672,12 +736,25 @@ impl Retry<'_> {
             .stats()
             .next_seq
             .saturating_sub(self.waiting.first_seq)
-            .min(records.len() as u64) as usize;
-        let mut done = present;
-        while done < records.len() {
+            .min(records(&entries) as u64) as usize;
+        // Commit again from just after the last record the replay brought back. The
+        // session changes between it and the next record may have come back too;
+        // applying them again changes nothing (each sets, removes or clears).
+        let start = if present == 0 {
+            0
+        } else {
+            entries
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| matches!(e, Entry::Record(_)))
+                .nth(present - 1)
+                .map_or(0, |(i, _)| i + 1)
+        };
+        let mut done = start;
+        while done < entries.len() {
             let (mut dead, mut ack) = (Vec::new(), None);
             let Some((_, _, committed)) =
-                self.commit_until_ok(&records[done..], &mut dead, &mut ack, true)
+                self.commit_until_ok(&entries[done..], &mut dead, &mut ack, true)
             else {
                 return false;
             };
@@ -685,10 +762,10 @@ impl Retry<'_> {
         }
         tracing::info!(
             replayed = present,
-            recommitted = records.len() - present,
+            recommitted = entries.len() - start,
             "WAL reopened; the records waiting for their fsync are durable"
         );
-        self.publish(records.len());
+        self.publish(&entries);
         true
     }
 
@@ -705,13 +782,13 @@ impl Retry<'_> {
         cancelled
     }
 
-    /// `n` more appends are durable: release their MQTT acknowledgements (rule 1).
-    fn publish(&mut self, n: usize) {
-        *self.durable_count += n as u64;
+    /// `entries` are durable: release their MQTT acknowledgements (rule 1).
+    fn publish(&mut self, entries: &[Entry]) {
+        *self.durable_count += entries.len() as u64;
         self.shared
             .counters
             .wal_records_committed
-            .fetch_add(n as u64, Relaxed);
+            .fetch_add(records(entries) as u64, Relaxed);
         self.durable.send_replace(*self.durable_count);
     }
 
@@ -781,7 +858,7 @@ impl Retry<'_> {
     /// Commit pending deletes without the appends: it needs little space and frees some.
     fn commit_deletes_alone(
         &mut self,
-        appends: &[Pending],
+        appends: &[Entry],
         dead: &mut Vec<(u64, String)>,
         ack: &mut Option<u64>,
     ) {
@@ -822,15 +899,20 @@ fn clone_durability(d: &Durability) -> Durability {
 
 fn take(
     cmd: WalCmd,
-    appends: &mut Vec<Pending>,
+    appends: &mut Vec<Entry>,
     dead: &mut Vec<(u64, String)>,
     ack: &mut Option<u64>,
     bytes: &mut usize,
 ) {
     match cmd {
         WalCmd::Append(p) => {
-            *bytes += p.payload.len() + p.topic.len();
-            appends.push(p);
+            *bytes += p.size();
+            appends.push(Entry::Record(p));
+        }
+        WalCmd::Session(op) => {
+            let e = Entry::Session(op);
+            *bytes += e.size();
+            appends.push(e);
         }
         WalCmd::AckUpTo(s) => *ack = Some(ack.map_or(s, |a| a.max(s))),
         WalCmd::DeadLetter(seq, reason) => dead.push((seq, reason)),
@@ -863,6 +945,7 @@ mod tests {
             retain: false,
             dup: false,
             receive_time_ms: 0,
+            qos2_pkid: None,
         }
     }
 
@@ -886,7 +969,7 @@ mod tests {
             .try_send(WalCmd::DeadLetter(7, "refused".into()))
             .unwrap();
         forward_tx.try_send(WalCmd::AckUpTo(9)).unwrap();
-        let mut held: Vec<Pending> = (0..HOLD_LIMIT).map(|_| pending(0)).collect();
+        let mut held: Vec<Entry> = (0..HOLD_LIMIT).map(|_| Entry::Record(pending(0))).collect();
         let mut closed = false;
         let abort = CancellationToken::new();
         let mut ctx = Retry {

@@ -193,6 +193,11 @@ impl Mosquitto {
         read_pid(&self.dir.path().join("mosquitto.pid"))
     }
 
+    /// Its directory (config, log `mosquitto.log`, persistence).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// Send a signal and wait for the process to go (for TERM/KILL).
     pub fn kill(&self, sig: i32) {
         if let Some(pid) = self.pid() {

@@ -1,0 +1,448 @@
+//! MQTT -> WAL. The ingest task polls rumqttc's event loop, hands each PUBLISH to the
+//! WAL thread, and acknowledges it (PUBACK / PUBREC) only once the commit holding it
+//! is durable, in the order received ([`acker`]). QoS 2 exchanges and the broker
+//! session are tracked in [`session`], durably with the records.
+//!
+//! One message, step by step: `poll()` returns a PUBLISH -> [`Ingest::on_publish`]
+//! numbers it (a ticket), sends `WalCmd::Append` and queues its acknowledgement -> the
+//! WAL thread commits and, after the fsync, publishes the durable count -> the
+//! `durable.changed()` branch of the loop writes every acknowledgement that count
+//! covers, between two `poll()`s (dropping the waiting `poll()` future, which
+//! rumqttc's own `select!` does to it all the time too).
+
+mod acker;
+mod session;
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backoff::backoff::Backoff;
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS, Transport,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Loaded, ServerUri};
+use crate::state::{self, Shared};
+use crate::writer::{Pending, WalCmd};
+use acker::{Ack, Acker};
+use session::{Qos2, Session};
+
+/// Build rumqttc options for one broker.
+fn mqtt_options(loaded: &Loaded, server: &ServerUri) -> anyhow::Result<MqttOptions> {
+    let m = &loaded.config.mqtt;
+    let mut o = MqttOptions::new(m.client_id.clone(), server.host.clone(), server.port);
+    o.set_manual_acks(true)
+        .set_clean_session(m.clean_session)
+        .set_keep_alive(m.keep_alive)
+        .set_max_packet_size(m.max_packet_size.0 as usize, m.max_packet_size.0 as usize)
+        .set_request_channel_capacity(65_536)
+        .set_inflight(100);
+    if let (Some(user), Some(pw)) = (&m.username, &loaded.password) {
+        o.set_credentials(user.clone(), pw.expose());
+    } else if let Some(user) = &m.username {
+        o.set_credentials(user.clone(), "");
+    }
+    if server.tls {
+        o.set_transport(Transport::tls_with_config(crate::tls::client_config(m)?));
+    }
+    Ok(o)
+}
+
+fn qos_u8(q: QoS) -> u8 {
+    match q {
+        QoS::AtMostOnce => 0,
+        QoS::AtLeastOnce => 1,
+        QoS::ExactlyOnce => 2,
+    }
+}
+
+fn to_qos(q: u8) -> QoS {
+    match q {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The ingest task's state.
+struct Ingest {
+    loaded: Arc<Loaded>,
+    wal_tx: mpsc::Sender<WalCmd>,
+    durable: watch::Receiver<u64>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    client: AsyncClient,
+    eventloop: EventLoop,
+    acker: Acker,
+    session: Session,
+    server_idx: usize,
+    connected: bool,
+    failures_logged: u32,
+    subscriptions: Vec<rumqttc::SubscribeFilter>,
+}
+
+/// Run MQTT ingest until `shutdown` is cancelled; then acknowledge what is already
+/// durable, disconnect and return. `session` is the WAL's MQTT session state.
+pub async fn run(
+    loaded: Arc<Loaded>,
+    wal_tx: mpsc::Sender<WalCmd>,
+    durable: watch::Receiver<u64>,
+    shared: Arc<Shared>,
+    session: wal::MqttSession,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let m = &loaded.config.mqtt;
+    let (client, mut eventloop) =
+        AsyncClient::new(mqtt_options(&loaded, &loaded.servers[0])?, 65_536);
+    eventloop
+        .network_options
+        .set_connection_timeout(m.connection_timeout.as_secs().max(1));
+    let session = Session::new(&m.client_id, m.clean_session, &session);
+    shared
+        .mqtt_qos2_pending
+        .store(session.qos2_pending() as u64, Relaxed);
+    let subscriptions = m
+        .topics
+        .iter()
+        .map(|t| rumqttc::SubscribeFilter::new(t.filter.clone(), to_qos(t.qos)))
+        .collect();
+    let mut ingest = Ingest {
+        acker: Acker::new(m.connection_timeout.max(Duration::from_secs(1))),
+        loaded: loaded.clone(),
+        wal_tx,
+        durable,
+        shared,
+        shutdown,
+        client,
+        eventloop,
+        session,
+        server_idx: 0,
+        connected: false,
+        failures_logged: 0,
+        subscriptions,
+    };
+    ingest.serve().await?;
+    ingest.stop().await;
+    Ok(())
+}
+
+impl Ingest {
+    /// The receive loop, until shutdown.
+    async fn serve(&mut self) -> anyhow::Result<()> {
+        let mut backoff = backoff::ExponentialBackoff {
+            initial_interval: self.loaded.config.mqtt.reconnect_min_delay,
+            max_interval: self.loaded.config.mqtt.reconnect_max_delay,
+            randomization_factor: 0.3,
+            multiplier: 2.0,
+            max_elapsed_time: None,
+            ..backoff::ExponentialBackoff::default()
+        };
+        let mut quick = crate::quickack::QuickAck::default();
+        // One timer for the deferred quick ACK, moved only when its deadline does (at
+        // most once per `quickack::MIN_INTERVAL`), not a new one for every message.
+        let quick_timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(quick_timer);
+        let mut quick_armed: Option<std::time::Instant> = None;
+
+        loop {
+            let due = quick.due();
+            if due != quick_armed {
+                if let Some(t) = due {
+                    quick_timer.as_mut().reset(t.into());
+                }
+                quick_armed = due;
+            }
+            let event = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return Ok(()),
+                r = self.durable.changed(), if self.acker.waiting() => {
+                    if r.is_err() {
+                        anyhow::bail!("WAL thread stopped");
+                    }
+                    self.send_acks().await;
+                    continue;
+                }
+                // A deferred quick TCP ACK (quickack.rs).
+                _ = &mut quick_timer, if quick_armed.is_some() => {
+                    quick.fire();
+                    continue;
+                }
+                ev = state::beating(&self.shared.heartbeats.ingest, self.eventloop.poll()) => ev,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    quick.after_read();
+                    self.on_publish(p).await?;
+                }
+                Ok(Event::Incoming(Packet::PubRel(r))) => {
+                    if let Some(op) = self.session.on_pubrel(r.pkid) {
+                        self.send_to_wal(WalCmd::Session(op)).await?;
+                        self.update_qos2_gauge();
+                    }
+                    // After the release is durable: then the broker may reuse the id.
+                    self.acker.push(Ack::Pubcomp(r.pkid));
+                }
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    self.failures_logged = 0;
+                    backoff.reset();
+                    let server = &self.loaded.servers[self.server_idx];
+                    quick.attach(server.host.parse().ok(), server.port);
+                    if !self.on_connack(ack.session_present).await? {
+                        return Ok(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(s))) => self.on_suback(&s),
+                Ok(_) => {}
+                Err(e) => {
+                    quick.detach();
+                    self.on_connection_error(&e)?;
+                    let delay = backoff
+                        .next_backoff()
+                        .unwrap_or(self.loaded.config.mqtt.reconnect_max_delay);
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return Ok(()),
+                        _ = state::beating(&self.shared.heartbeats.ingest, tokio::time::sleep(delay)) => {}
+                    }
+                }
+            }
+            // Also those queued just now for commands already on disk (a resent QoS 2
+            // PUBLISH, a PUBREL with nothing to forget).
+            if self.acker.ready(*self.durable.borrow()) {
+                self.send_acks().await;
+            }
+        }
+    }
+
+    /// Send an ingest command to the WAL thread (numbered by the acker).
+    async fn send_to_wal(&mut self, cmd: WalCmd) -> anyhow::Result<()> {
+        self.acker.next_ticket();
+        let send = self.wal_tx.send(cmd);
+        if state::beating(&self.shared.heartbeats.ingest, send)
+            .await
+            .is_err()
+        {
+            anyhow::bail!("WAL thread stopped");
+        }
+        Ok(())
+    }
+
+    async fn on_publish(&mut self, p: rumqttc::Publish) -> anyhow::Result<()> {
+        let c = &self.shared.counters;
+        c.mqtt_messages_received.fetch_add(1, Relaxed);
+        let mut qos2_pkid = None;
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => {}
+            QoS::ExactlyOnce => match self.session.on_publish(p.pkid, p.dup) {
+                Qos2::Duplicate => {
+                    // Stored before (maybe not yet durable): PUBREC once everything
+                    // sent so far is on disk, without a second copy.
+                    tracing::debug!(pkid = p.pkid, topic = %p.topic, "QoS 2 resend of a stored message: PUBREC without storing it again");
+                    c.mqtt_qos2_duplicates.fetch_add(1, Relaxed);
+                    self.acker.push(Ack::Pubrec(p.pkid));
+                    return Ok(());
+                }
+                Qos2::Store => {
+                    qos2_pkid = Some(p.pkid);
+                    self.update_qos2_gauge();
+                }
+            },
+        }
+        let (pkid, qos) = (p.pkid, p.qos);
+        let pending = Pending {
+            topic: p.topic,
+            payload: p.payload,
+            qos: qos_u8(p.qos),
+            retain: p.retain,
+            dup: p.dup,
+            receive_time_ms: now_ms(),
+            qos2_pkid,
+        };
+        self.send_to_wal(WalCmd::Append(pending)).await?;
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.acker.push(Ack::Puback(pkid)),
+            QoS::ExactlyOnce => self.acker.push(Ack::Pubrec(pkid)),
+        }
+        Ok(())
+    }
+
+    fn update_qos2_gauge(&self) {
+        self.shared
+            .mqtt_qos2_pending
+            .store(self.session.qos2_pending() as u64, Relaxed);
+    }
+
+    /// A connection is up. Returns false on shutdown.
+    async fn on_connack(&mut self, session_present: bool) -> anyhow::Result<bool> {
+        self.connected = true;
+        self.acker.connected();
+        let server = self.loaded.servers[self.server_idx].to_string();
+        let shared = self.shared.clone();
+        shared.mqtt_connected.store(true, Relaxed);
+        shared.mqtt_subscribed.store(false, Relaxed);
+        shared.mqtt_session_present.store(session_present, Relaxed);
+        state::set(&shared.mqtt_server, Some(server.clone()));
+        state::set(&shared.mqtt_last_error, None);
+        tracing::info!(%server, session_present, "connected to MQTT broker");
+        let c = self.session.on_connack(session_present);
+        let client_id = &self.loaded.config.mqtt.client_id;
+        if c.lost {
+            shared.counters.mqtt_sessions_lost.fetch_add(1, Relaxed);
+            let msg = format!(
+                "MQTT broker {server} has no session for client id {client_id:?} although the gateway had one (session_present=false): \
+                 the messages it queued for the gateway while it was away, and those in flight, may be lost. \
+                 Likely causes: the broker restarted without persistence, its persistence_location is not writable by its user \
+                 (Mosquitto 2 drops root to user mosquitto), or the session expired (persistent_client_expiration)"
+            );
+            tracing::warn!("{msg}");
+            shared.session_lost(msg);
+        } else if c.first && !self.loaded.config.mqtt.clean_session {
+            tracing::info!(
+                client_id,
+                session_present,
+                "first connection of this WAL with this client id: the broker keeps a persistent session for it from now on"
+            );
+        }
+        if let Some(op) = c.reset {
+            self.update_qos2_gauge();
+            // Durable before anything of this session is stored (wal::session): a
+            // stale packet id would make a resend of a new message look like a copy.
+            self.send_to_wal(WalCmd::Session(op)).await?;
+            let ticket = self.acker.ticket();
+            loop {
+                if *self.durable.borrow() >= ticket {
+                    break;
+                }
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return Ok(false),
+                    r = state::beating(&shared.heartbeats.ingest, self.durable.changed()) => {
+                        if r.is_err() {
+                            anyhow::bail!("WAL thread stopped");
+                        }
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.client.try_subscribe_many(self.subscriptions.clone()) {
+            tracing::error!(error = %e, "cannot queue SUBSCRIBE");
+        }
+        Ok(true)
+    }
+
+    fn on_suback(&mut self, s: &rumqttc::SubAck) {
+        let mut refused = Vec::new();
+        for (code, sub) in s.return_codes.iter().zip(&self.subscriptions) {
+            if matches!(code, rumqttc::SubscribeReasonCode::Failure) {
+                tracing::error!(
+                    filter = %sub.path,
+                    "MQTT broker refused the subscription (check its ACL for this user); retried at the next connection"
+                );
+                refused.push(sub.path.clone());
+            }
+        }
+        let c = &self.shared.counters;
+        c.mqtt_subscriptions_refused
+            .fetch_add(refused.len() as u64, Relaxed);
+        self.shared
+            .mqtt_subscribed
+            .store(refused.is_empty(), Relaxed);
+        *self
+            .shared
+            .mqtt_refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = refused;
+    }
+
+    fn on_connection_error(&mut self, e: &ConnectionError) -> anyhow::Result<()> {
+        let was_connected = self.connected;
+        self.connected = false;
+        self.shared.mqtt_connected.store(false, Relaxed);
+        self.shared.mqtt_subscribed.store(false, Relaxed);
+        self.shared.counters.mqtt_reconnects.fetch_add(1, Relaxed);
+        let msg = describe(e);
+        state::set(&self.shared.mqtt_last_error, Some(msg.clone()));
+        let servers = &self.loaded.servers;
+        let server = &servers[self.server_idx];
+        if was_connected {
+            tracing::warn!(%server, error = %msg, "MQTT connection lost; reconnecting");
+        } else {
+            // Never connected (or the reconnect failed): try the next URI.
+            if self.failures_logged == 0 {
+                tracing::warn!(%server, error = %msg, "cannot connect to MQTT broker; retrying with backoff");
+            } else {
+                tracing::debug!(%server, error = %msg, "MQTT connect failed");
+            }
+            self.failures_logged += 1;
+            if servers.len() > 1 {
+                self.server_idx = (self.server_idx + 1) % servers.len();
+                self.eventloop.mqtt_options =
+                    mqtt_options(&self.loaded, &servers[self.server_idx])?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn send_acks(&mut self) {
+        let d = *self.durable.borrow_and_update();
+        self.acker.send(&mut self.eventloop, d, &self.shared).await;
+    }
+
+    /// Shutdown: take nothing new; acknowledge what is (or becomes) durable, so the
+    /// broker does not resend it; what was not acknowledged stays with the broker.
+    async fn stop(&mut self) {
+        self.shared.mqtt_accepting.store(false, Relaxed);
+        if self.connected && self.acker.waiting() {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                self.send_acks().await;
+                if self.acker.done() {
+                    break;
+                }
+                tokio::select! {
+                    r = self.durable.changed() => if r.is_err() { break },
+                    ev = self.eventloop.poll() => if ev.is_err() { break },
+                    _ = tokio::time::sleep_until(deadline) => {
+                        tracing::warn!("some durable messages were not acknowledged before shutdown; the broker will resend them (duplicates)");
+                        break;
+                    }
+                }
+            }
+        }
+        if self.connected {
+            let _ = self.client.try_disconnect();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            loop {
+                tokio::select! {
+                    ev = self.eventloop.poll() => match ev {
+                        Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                        Ok(_) => {}
+                    },
+                    _ = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+        }
+        self.shared.mqtt_connected.store(false, Relaxed);
+        self.shared.mqtt_subscribed.store(false, Relaxed);
+        tracing::info!("MQTT ingest stopped");
+    }
+}
+
+fn describe(e: &ConnectionError) -> String {
+    match e {
+        ConnectionError::ConnectionRefused(code) => {
+            format!("connection refused by broker: {code:?} (check mqtt.username / password and the broker's ACL)")
+        }
+        other => other.to_string(),
+    }
+}
