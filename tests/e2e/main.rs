@@ -18,6 +18,7 @@ mod config_errors;
 mod faults;
 mod mosquitto_restart;
 mod outage;
+mod qos2;
 mod systemd;
 mod timestamps;
 mod unknown_topic;
@@ -101,6 +102,7 @@ fn main() {
         faults::kafka_killed_and_paused_mid_stream,
         faults::failpoint_crashes_lose_nothing,
         mosquitto_restart::mosquitto_restarts_lose_nothing,
+        qos2::qos2_exactly_once_into_the_wal_across_crashes_and_restarts,
         unknown_topic::unknown_topic_is_parked_rest_flows,
         wal_faults::slow_fsync_sigkill_mid_commit_loses_nothing,
         wal_faults::wal_io_errors_not_acked_then_reopened,

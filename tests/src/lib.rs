@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 pub mod checker;
 pub mod publisher;
+pub mod qos2pub;
 pub mod soak;
 
 pub use checker::{check, Consumed, Published, Report};
