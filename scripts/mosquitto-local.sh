@@ -17,6 +17,8 @@
 #   MKG_MOSQUITTO_AUTOSAVE (autosave_interval in seconds, default 1 so that a SIGKILL
 #   test loses little; Mosquitto's own default is 1800),
 #   MKG_MOSQUITTO_DEBUG (non-empty: log every packet, `log_type debug`),
+#   MKG_MOSQUITTO_EXTRA_CONF (lines appended to mosquitto.conf; a repeated option
+#   overrides the one above, e.g. "max_queued_messages 100"),
 #   MKG_MOSQUITTO_TCP_NODELAY (set_tcp_nodelay, default false like Mosquitto's own:
 #   Nagle's algorithm on; the gateway asks its kernel for quick TCP ACKs so that
 #   Nagle does not hold messages back, gateway/src/quickack.rs).
@@ -82,6 +84,7 @@ log_type information
 ${MKG_MOSQUITTO_DEBUG:+log_type debug}
 connection_messages true
 log_timestamp_format %Y-%m-%dT%H:%M:%S
+${MKG_MOSQUITTO_EXTRA_CONF:-}
 EOF
 
     local t0

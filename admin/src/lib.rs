@@ -89,6 +89,22 @@ pub struct MqttStatus {
     pub session_lost: Option<SessionLost>,
     /// Incoming QoS 2 exchanges stored and not yet released by the broker.
     pub qos2_pending: u64,
+    /// The broker's own counters (`$SYS`), once it reported any.
+    pub broker: Option<BrokerStats>,
+}
+
+/// What the MQTT broker reports about itself (Mosquitto's `$SYS` topics).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BrokerStats {
+    /// Messages the broker dropped for full client queues or in-flight limits (all
+    /// clients, since the broker started).
+    pub messages_dropped: Option<u64>,
+    /// Messages the broker holds (retained and queued).
+    pub store_messages: Option<u64>,
+    /// Payload bytes of those.
+    pub store_bytes: Option<u64>,
+    /// Seconds since the last report.
+    pub age_seconds: f64,
 }
 
 /// The broker answered a reconnect without the gateway's persistent session: what it
@@ -166,6 +182,8 @@ pub struct Counters {
     pub mqtt_qos2_duplicates: u64,
     /// Subscriptions the broker refused (per filter and connection).
     pub mqtt_subscriptions_refused: u64,
+    /// Messages the broker reported dropping while the gateway watched its counter.
+    pub mqtt_broker_drops: u64,
     /// Records committed to the WAL.
     pub wal_records_committed: u64,
     /// WAL commits (each may hold many records).

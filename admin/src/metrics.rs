@@ -38,6 +38,11 @@ pub(crate) fn render(s: &Snapshot) -> String {
             c.mqtt_subscriptions_refused,
         ),
         (
+            "mkg_mqtt_broker_drops_total",
+            "Growth of the broker's $SYS/broker/publish/messages/dropped seen by the gateway: messages it dropped for full queues or in-flight limits (all clients).",
+            c.mqtt_broker_drops,
+        ),
+        (
             "mkg_mqtt_qos2_duplicates_total",
             "QoS 2 messages the broker resent that were already stored (answered, not stored again).",
             c.mqtt_qos2_duplicates,
@@ -152,6 +157,31 @@ pub(crate) fn render(s: &Snapshot) -> String {
     ];
     for (name, help, value) in gauges {
         family(&mut out, name, help, "gauge", "", value);
+    }
+    // Only what the broker reported: an absent value is not a zero.
+    if let Some(b) = &s.mqtt.broker {
+        let broker: [(&str, &str, Option<u64>); 3] = [
+            (
+                "mkg_mqtt_broker_messages_dropped",
+                "The broker's $SYS/broker/publish/messages/dropped (since it started).",
+                b.messages_dropped,
+            ),
+            (
+                "mkg_mqtt_broker_store_messages",
+                "The broker's $SYS/broker/store/messages/count.",
+                b.store_messages,
+            ),
+            (
+                "mkg_mqtt_broker_store_bytes",
+                "The broker's $SYS/broker/store/messages/bytes.",
+                b.store_bytes,
+            ),
+        ];
+        for (name, help, value) in broker {
+            if let Some(v) = value {
+                family(&mut out, name, help, "gauge", "", &v.to_string());
+            }
+        }
     }
 
     histogram(
@@ -297,7 +327,7 @@ mod tests {
             );
             assert!(name.starts_with("mkg_"), "{name} lacks the mkg_ prefix");
         }
-        assert_eq!(samples, 31);
+        assert_eq!(samples, 32);
         assert!(text.ends_with('\n'));
     }
 }

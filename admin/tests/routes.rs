@@ -232,6 +232,7 @@ async fn metrics_exposition() {
         ("mkg_mqtt_reconnects_total", "counter", "103"),
         ("mkg_mqtt_sessions_lost_total", "counter", "112"),
         ("mkg_mqtt_subscriptions_refused_total", "counter", "114"),
+        ("mkg_mqtt_broker_drops_total", "counter", "115"),
         ("mkg_mqtt_qos2_duplicates_total", "counter", "113"),
         ("mkg_wal_records_committed_total", "counter", "104"),
         ("mkg_wal_commits_total", "counter", "105"),
@@ -252,6 +253,8 @@ async fn metrics_exposition() {
         ("mkg_mqtt_session_present", "gauge", "1"),
         ("mkg_mqtt_qos2_pending", "gauge", "3"),
         ("mkg_mqtt_accepting", "gauge", "1"),
+        ("mkg_mqtt_broker_messages_dropped", "gauge", "7"),
+        ("mkg_mqtt_broker_store_messages", "gauge", "1500"),
         ("mkg_wal_writable", "gauge", "1"),
         ("mkg_uptime_seconds", "gauge", "12.5"),
     ] {

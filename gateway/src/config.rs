@@ -99,6 +99,10 @@ pub struct MqttConfig {
     /// Longest reconnect delay.
     #[serde(default = "default_reconnect_max", with = "humantime_serde")]
     pub reconnect_max_delay: Duration,
+    /// Watch the broker's own drop and store counters (Mosquitto's `$SYS` topics) and
+    /// warn when it drops messages.
+    #[serde(default = "default_true")]
+    pub broker_stats: bool,
     /// How long `/readyz` fails after the broker answered a reconnect without the
     /// gateway's persistent session (it is logged and counted either way; 0 = never).
     #[serde(default = "default_session_lost_alert", with = "humantime_serde")]

@@ -24,6 +24,9 @@ pub struct Counters {
     /// Subscriptions the broker refused (SUBACK failure), counted per filter and
     /// connection.
     pub mqtt_subscriptions_refused: AtomicU64,
+    /// Growth of the broker's drop counter seen by the gateway (`$SYS`): messages the
+    /// broker dropped for full queues or in-flight limits.
+    pub mqtt_broker_drops: AtomicU64,
     /// Records committed durably to the WAL.
     pub wal_records_committed: AtomicU64,
     /// Write transactions committed.
@@ -207,6 +210,8 @@ pub struct Shared {
     pub mqtt_qos2_pending: AtomicU64,
     /// The last time the broker had lost the persistent session.
     pub mqtt_session_lost: Mutex<Option<SessionLost>>,
+    /// The broker's own counters (`mqtt.broker_stats`).
+    pub broker_stats: Mutex<BrokerStats>,
     /// How long a lost session keeps `/readyz` failing (`mqtt.session_lost_alert`).
     pub session_lost_alert: Mutex<Duration>,
     /// Last MQTT error, if any.
@@ -237,6 +242,7 @@ impl Default for Shared {
             mqtt_session_present: AtomicBool::new(false),
             mqtt_qos2_pending: AtomicU64::new(0),
             mqtt_session_lost: Mutex::new(None),
+            broker_stats: Mutex::new(BrokerStats::default()),
             session_lost_alert: Mutex::new(Duration::from_secs(300)),
             mqtt_last_error: Mutex::new(None),
             wal_writable: AtomicBool::new(true),
@@ -247,6 +253,20 @@ impl Default for Shared {
             started: Instant::now(),
         }
     }
+}
+
+/// The latest counters the MQTT broker reported about itself (`$SYS`; see
+/// `ingest::broker_stats`).
+#[derive(Debug, Clone, Default)]
+pub struct BrokerStats {
+    /// `$SYS/broker/publish/messages/dropped`.
+    pub messages_dropped: Option<u64>,
+    /// `$SYS/broker/store/messages/count`.
+    pub store_messages: Option<u64>,
+    /// `$SYS/broker/store/messages/bytes`.
+    pub store_bytes: Option<u64>,
+    /// When the last value arrived.
+    pub updated: Option<Instant>,
 }
 
 /// When and how the broker lost the gateway's session.
@@ -340,6 +360,15 @@ impl admin::Source for AdminView {
                 session_present: s.mqtt_session_present.load(Relaxed),
                 session_lost,
                 qos2_pending: s.mqtt_qos2_pending.load(Relaxed),
+                broker: {
+                    let b = s.broker_stats.lock().unwrap_or_else(|e| e.into_inner());
+                    b.updated.map(|at| admin::BrokerStats {
+                        messages_dropped: b.messages_dropped,
+                        store_messages: b.store_messages,
+                        store_bytes: b.store_bytes,
+                        age_seconds: at.elapsed().as_secs_f64(),
+                    })
+                },
             },
             wal: admin::WalStatus {
                 path: self.wal.path().display().to_string(),
@@ -373,6 +402,7 @@ impl admin::Source for AdminView {
                 mqtt_sessions_lost: c.mqtt_sessions_lost.load(Relaxed),
                 mqtt_qos2_duplicates: c.mqtt_qos2_duplicates.load(Relaxed),
                 mqtt_subscriptions_refused: c.mqtt_subscriptions_refused.load(Relaxed),
+                mqtt_broker_drops: c.mqtt_broker_drops.load(Relaxed),
                 wal_records_committed: c.wal_records_committed.load(Relaxed),
                 wal_commits: c.wal_commits.load(Relaxed),
                 wal_syncs: c.wal_syncs.load(Relaxed),

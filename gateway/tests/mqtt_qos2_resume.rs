@@ -84,11 +84,12 @@ impl Conn {
         .await;
         match self.next().await {
             Packet::Subscribe(s) => {
-                self.write(Packet::SubAck(SubAck::new(
-                    s.pkid,
-                    vec![SubscribeReasonCode::Success(QoS::ExactlyOnce)],
-                )))
-                .await
+                let codes = s
+                    .filters
+                    .iter()
+                    .map(|f| SubscribeReasonCode::Success(f.qos))
+                    .collect();
+                self.write(Packet::SubAck(SubAck::new(s.pkid, codes))).await
             }
             other => panic!("expected SUBSCRIBE, got {other:?}"),
         }

@@ -12,6 +12,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 
 mod bad_input;
 mod basic;
+mod broker_state;
 mod clock;
 mod common;
 mod config_errors;
@@ -103,6 +104,7 @@ fn main() {
         faults::failpoint_crashes_lose_nothing,
         mosquitto_restart::mosquitto_restarts_lose_nothing,
         qos2::qos2_exactly_once_into_the_wal_across_crashes_and_restarts,
+        broker_state::broker_drops_and_lost_sessions_are_visible,
         unknown_topic::unknown_topic_is_parked_rest_flows,
         wal_faults::slow_fsync_sigkill_mid_commit_loses_nothing,
         wal_faults::wal_io_errors_not_acked_then_reopened,

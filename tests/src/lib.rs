@@ -163,18 +163,30 @@ pub struct Mosquitto {
     dir: tempfile::TempDir,
     /// Its port.
     pub port: u16,
+    /// Extra `mosquitto.conf` lines (MKG_MOSQUITTO_EXTRA_CONF).
+    extra_conf: String,
 }
 
 impl Mosquitto {
     /// Start one (persistence on, raised inflight/queue limits).
     pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// Start one with extra `mosquitto.conf` lines (they override the defaults of
+    /// `scripts/mosquitto-local.sh`, e.g. `max_queued_messages 100`).
+    pub fn start_with(extra_conf: &str) -> Self {
         ensure_deps();
         let dir = tempfile::Builder::new()
             .prefix("mkg-mosq")
             .tempdir()
             .unwrap();
         let port = free_port();
-        let m = Self { dir, port };
+        let m = Self {
+            dir,
+            port,
+            extra_conf: extra_conf.to_string(),
+        };
         m.start_again();
         m
     }
@@ -182,9 +194,10 @@ impl Mosquitto {
     /// Start it again after [`Mosquitto::kill`] (same port, same persistence file).
     pub fn start_again(&self) {
         let dir = self.dir.path().to_str().unwrap().to_string();
-        run_script(
+        run_script_env(
             "mosquitto-local.sh",
             &["start", &dir, &self.port.to_string()],
+            &[("MKG_MOSQUITTO_EXTRA_CONF".into(), self.extra_conf.clone())],
         )
         .unwrap_or_else(|e| panic!("{e}"));
     }

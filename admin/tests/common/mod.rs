@@ -52,6 +52,12 @@ pub fn healthy() -> Snapshot {
             session_present: true,
             session_lost: None,
             qos2_pending: 3,
+            broker: Some(admin::BrokerStats {
+                messages_dropped: Some(7),
+                store_messages: Some(1500),
+                store_bytes: None,
+                age_seconds: 4.0,
+            }),
         },
         wal: WalStatus {
             path: "/var/lib/mkg/wal.redb".into(),
@@ -81,6 +87,7 @@ pub fn healthy() -> Snapshot {
             mqtt_sessions_lost: 112,
             mqtt_qos2_duplicates: 113,
             mqtt_subscriptions_refused: 114,
+            mqtt_broker_drops: 115,
             wal_records_committed: 104,
             wal_commits: 105,
             wal_syncs: 111,

@@ -11,6 +11,7 @@
 //! rumqttc's own `select!` does to it all the time too).
 
 mod acker;
+mod broker_stats;
 mod session;
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -28,6 +29,7 @@ use crate::config::{Loaded, ServerUri};
 use crate::state::{self, Shared};
 use crate::writer::{Pending, WalCmd};
 use acker::{Ack, Acker};
+use broker_stats::Watch;
 use session::{Qos2, Session};
 
 /// Build rumqttc options for one broker.
@@ -88,7 +90,12 @@ struct Ingest {
     server_idx: usize,
     connected: bool,
     failures_logged: u32,
+    /// The user's subscriptions, then the broker-stats ones.
     subscriptions: Vec<rumqttc::SubscribeFilter>,
+    /// How many of `subscriptions` are the user's.
+    user_subscriptions: usize,
+    /// The broker's counters (`mqtt.broker_stats`).
+    broker: Option<Watch>,
 }
 
 /// Run MQTT ingest until `shutdown` is cancelled; then acknowledge what is already
@@ -111,11 +118,18 @@ pub async fn run(
     shared
         .mqtt_qos2_pending
         .store(session.qos2_pending() as u64, Relaxed);
-    let subscriptions = m
+    let mut subscriptions: Vec<_> = m
         .topics
         .iter()
         .map(|t| rumqttc::SubscribeFilter::new(t.filter.clone(), to_qos(t.qos)))
         .collect();
+    let user_subscriptions = subscriptions.len();
+    let broker = m
+        .broker_stats
+        .then(|| Watch::new(m.topics.iter().map(|t| t.filter.as_str())));
+    for f in broker.iter().flat_map(|w| w.filters()) {
+        subscriptions.push(rumqttc::SubscribeFilter::new(f.into(), QoS::AtMostOnce));
+    }
     let mut ingest = Ingest {
         acker: Acker::new(m.connection_timeout.max(Duration::from_secs(1))),
         loaded: loaded.clone(),
@@ -130,6 +144,8 @@ pub async fn run(
         connected: false,
         failures_logged: 0,
         subscriptions,
+        user_subscriptions,
+        broker,
     };
     ingest.serve().await?;
     ingest.stop().await;
@@ -237,6 +253,13 @@ impl Ingest {
     }
 
     async fn on_publish(&mut self, p: rumqttc::Publish) -> anyhow::Result<()> {
+        if p.topic.starts_with('$') {
+            if let Some(w) = self.broker.as_mut() {
+                if w.on_message(&p.topic, &p.payload, &self.shared) {
+                    return Ok(());
+                }
+            }
+        }
         let c = &self.shared.counters;
         c.mqtt_messages_received.fetch_add(1, Relaxed);
         let mut qos2_pkid = None;
@@ -342,8 +365,18 @@ impl Ingest {
 
     fn on_suback(&mut self, s: &rumqttc::SubAck) {
         let mut refused = Vec::new();
-        for (code, sub) in s.return_codes.iter().zip(&self.subscriptions) {
-            if matches!(code, rumqttc::SubscribeReasonCode::Failure) {
+        for (i, (code, sub)) in s.return_codes.iter().zip(&self.subscriptions).enumerate() {
+            if !matches!(code, rumqttc::SubscribeReasonCode::Failure) {
+                continue;
+            }
+            if i >= self.user_subscriptions {
+                tracing::info!(
+                    filter = %sub.path,
+                    "MQTT broker refused the subscription to its own counters: its drops are not watched (allow this user to read $SYS/broker/# in the broker's ACL, or set mqtt.broker_stats = false)"
+                );
+                continue;
+            }
+            {
                 tracing::error!(
                     filter = %sub.path,
                     "MQTT broker refused the subscription (check its ACL for this user); retried at the next connection"
