@@ -139,6 +139,26 @@ pub struct KafkaStatus {
     pub last_error: Option<String>,
     /// Records handed to the producer whose delivery report has not arrived.
     pub in_flight: u64,
+    /// Topics Kafka refuses for now (unknown, not authorized): their records wait,
+    /// and are parked after `forward.unknown_topic_grace`.
+    pub held_topics: Vec<HeldTopic>,
+}
+
+/// A Kafka topic refused as a whole, whose records are held.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HeldTopic {
+    /// The topic.
+    pub topic: String,
+    /// The last refusal, as Kafka said it.
+    pub reason: String,
+    /// Seconds since the first refusal.
+    pub refused_for_seconds: f64,
+    /// Records waiting.
+    pub held_records: u64,
+    /// Records parked after the grace.
+    pub parked_records: u64,
+    /// The grace is over: its records are parked as they are read.
+    pub parking: bool,
 }
 
 /// Records durable in the WAL and not yet acknowledged by Kafka.

@@ -120,6 +120,21 @@ pub(crate) fn render(s: &Snapshot) -> String {
             s.kafka.in_flight.to_string(),
         ),
         (
+            "mkg_kafka_topics_held",
+            "Kafka topics refused as a whole (unknown, not authorized) whose records are held.",
+            s.kafka.held_topics.len().to_string(),
+        ),
+        (
+            "mkg_kafka_records_held",
+            "Records held for refused Kafka topics.",
+            s.kafka
+                .held_topics
+                .iter()
+                .map(|h| h.held_records)
+                .sum::<u64>()
+                .to_string(),
+        ),
+        (
             "mkg_mqtt_connected",
             "1 if the MQTT session is up.",
             flag(s.mqtt.connected),
@@ -327,7 +342,7 @@ mod tests {
             );
             assert!(name.starts_with("mkg_"), "{name} lacks the mkg_ prefix");
         }
-        assert_eq!(samples, 32);
+        assert_eq!(samples, 34);
         assert!(text.ends_with('\n'));
     }
 }

@@ -268,6 +268,11 @@ pub struct ForwardConfig {
     /// How often the acknowledged prefix is deleted from the WAL.
     #[serde(default = "default_ack_interval", with = "humantime_serde")]
     pub ack_interval: Duration,
+    /// How long a Kafka topic that is refused as a whole (unknown topic, not
+    /// authorized) is held and retried, other topics flowing, before its records are
+    /// parked in the dead-letter table.
+    #[serde(default = "default_unknown_topic_grace", with = "humantime_serde")]
+    pub unknown_topic_grace: Duration,
 }
 
 /// Admin HTTP API.
@@ -432,6 +437,9 @@ fn default_inflight_bytes() -> ByteSize {
 }
 fn default_ack_interval() -> Duration {
     Duration::from_millis(20)
+}
+fn default_unknown_topic_grace() -> Duration {
+    Duration::from_secs(600)
 }
 fn default_true() -> bool {
     true

@@ -29,13 +29,15 @@ pub mod writer;
 /// watchdog test: a stuck loop).
 #[cfg(feature = "failpoints")]
 pub(crate) fn failpoint(name: &str) {
-    if std::env::var("MKG_FAILPOINT_ACTION").is_ok_and(|a| a == "hang")
-        && std::env::var("MKG_FAILPOINT").is_ok_and(|v| v == name)
-    {
+    if !wal::failpoint_fires(name) {
+        return;
+    }
+    if std::env::var("MKG_FAILPOINT_ACTION").is_ok_and(|a| a == "hang") {
         eprintln!("failpoint {name}: hanging this thread");
         loop {
             std::thread::park();
         }
     }
-    wal::failpoint(name);
+    eprintln!("failpoint {name}: aborting");
+    std::process::abort();
 }

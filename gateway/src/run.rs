@@ -42,6 +42,7 @@ pub fn forward_options(loaded: &Loaded) -> ForwardOptions {
         max_in_flight_records: f.max_in_flight_records,
         max_in_flight_bytes: f.max_in_flight_bytes.0 as usize,
         ack_interval: f.ack_interval,
+        unknown_topic_grace: f.unknown_topic_grace,
     }
 }
 

@@ -224,6 +224,8 @@ pub struct Shared {
     pub kafka_last_error: Mutex<Option<String>>,
     /// Records handed to the producer and not yet acknowledged.
     pub kafka_in_flight: AtomicU64,
+    /// Topics Kafka refuses for now.
+    pub kafka_held_topics: Mutex<Vec<HeldTopic>>,
     /// Liveness of the long-running loops.
     pub heartbeats: Heartbeats,
     started: Instant,
@@ -249,6 +251,7 @@ impl Default for Shared {
             wal_last_error: Mutex::new(None),
             kafka_last_error: Mutex::new(None),
             kafka_in_flight: AtomicU64::new(0),
+            kafka_held_topics: Mutex::new(Vec::new()),
             heartbeats: Heartbeats::default(),
             started: Instant::now(),
         }
@@ -267,6 +270,23 @@ pub struct BrokerStats {
     pub store_bytes: Option<u64>,
     /// When the last value arrived.
     pub updated: Option<Instant>,
+}
+
+/// A Kafka topic refused as a whole, held by the forwarder (`forward/hold.rs`).
+#[derive(Debug, Clone)]
+pub struct HeldTopic {
+    /// The topic.
+    pub topic: String,
+    /// The last refusal, as Kafka said it.
+    pub reason: String,
+    /// Since the first refusal.
+    pub refused_for: Duration,
+    /// Records waiting.
+    pub held_records: u64,
+    /// Records parked after `forward.unknown_topic_grace`.
+    pub parked_records: u64,
+    /// The grace is over: its records are parked as they are read.
+    pub parking: bool,
 }
 
 /// When and how the broker lost the gateway's session.
@@ -378,6 +398,20 @@ impl admin::Source for AdminView {
             kafka: admin::KafkaStatus {
                 last_error: get(&s.kafka_last_error),
                 in_flight: s.kafka_in_flight.load(Relaxed),
+                held_topics: s
+                    .kafka_held_topics
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .map(|h| admin::HeldTopic {
+                        topic: h.topic.clone(),
+                        reason: h.reason.clone(),
+                        refused_for_seconds: h.refused_for.as_secs_f64(),
+                        held_records: h.held_records,
+                        parked_records: h.parked_records,
+                        parking: h.parking,
+                    })
+                    .collect(),
             },
             backlog: admin::Backlog {
                 records: w.records,

@@ -29,6 +29,11 @@ struct Rig {
 
 impl Rig {
     fn start(bootstrap: &str, records: usize) -> Self {
+        Self::start_with(bootstrap, records, "")
+    }
+
+    /// With more `[forward]` settings (`forward` ends with a newline).
+    fn start_with(bootstrap: &str, records: usize, forward: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let wal = Arc::new(Wal::open(dir.path(), WalOptions::default()).unwrap());
         let payload = vec![b'x'; 200];
@@ -46,7 +51,7 @@ impl Rig {
         wal.append(&recs).unwrap();
 
         let loaded = Config::from_toml(
-            &format!("[kafka]\nbootstrap_servers = \"{bootstrap}\"\ntopic = \"mock\"\n[forward]\nmax_in_flight_records = 500\n"),
+            &format!("[kafka]\nbootstrap_servers = \"{bootstrap}\"\ntopic = \"mock\"\n[forward]\nmax_in_flight_records = 500\n{forward}"),
             "test",
         )
         .unwrap();
@@ -168,7 +173,7 @@ fn permanent_error_parks_records_and_the_rest_flows() {
     // sent again alone, refused again, and parked.
     cluster.request_errors(
         RDKafkaApiKey::Produce,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 50],
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_POLICY_VIOLATION; 50],
     );
     let rig = Rig::start(&cluster.bootstrap_servers(), 1000);
     rig.wait_all_resolved(1000, Duration::from_secs(60));
@@ -183,13 +188,50 @@ fn permanent_error_parks_records_and_the_rest_flows() {
         "every record accounted for"
     );
     let parked = rig.wal.dead_letters(0, 10).unwrap();
-    assert!(parked[0].reason.contains("uthoriz"), "{}", parked[0].reason);
+    assert!(parked[0].reason.contains("olicy"), "{}", parked[0].reason);
     assert_eq!(
         rig.shared
             .counters
             .kafka_records_dead_lettered
             .load(Relaxed),
         s.dead_letters
+    );
+    rig.stop();
+}
+
+#[test]
+fn a_topic_refused_for_a_while_is_held_and_delivered_not_parked() {
+    // "Not authorized" for the topic for a few produce requests (an ACL added a
+    // little later): the topic's records wait, the topic is looked up with backoff and
+    // its records are sent again; none is parked.
+    refused_then_delivered_not_parked(
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 2],
+        1,
+    );
+}
+
+#[test]
+fn a_topic_refused_past_the_grace_is_parked() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("mock", 1, 1).unwrap();
+    // Refused for good: visible in the metadata, but every write is refused.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 100_000],
+    );
+    let rig = Rig::start_with(
+        &cluster.bootstrap_servers(),
+        1000,
+        "unknown_topic_grace = \"3s\"\n",
+    );
+    rig.wait_all_resolved(1000, Duration::from_secs(60));
+    let s = rig.wal.stats();
+    assert_eq!((s.dead_letters, rig.forwarded()), (1000, 0));
+    let parked = rig.wal.dead_letters(0, 10).unwrap();
+    assert!(
+        parked[0].reason.contains("unknown_topic_grace") && parked[0].reason.contains("uthoriz"),
+        "{}",
+        parked[0].reason
     );
     rig.stop();
 }

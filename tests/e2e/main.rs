@@ -105,7 +105,7 @@ fn main() {
         mosquitto_restart::mosquitto_restarts_lose_nothing,
         qos2::qos2_exactly_once_into_the_wal_across_crashes_and_restarts,
         broker_state::broker_drops_and_lost_sessions_are_visible,
-        unknown_topic::unknown_topic_is_parked_rest_flows,
+        unknown_topic::unknown_topics_are_held_then_delivered_or_parked,
         wal_faults::slow_fsync_sigkill_mid_commit_loses_nothing,
         wal_faults::wal_io_errors_not_acked_then_reopened,
         clock::clock_jumps_back_and_forward_lose_nothing,

@@ -166,6 +166,8 @@ pub fn notify_ready_watchdog_stopping_and_stuck_loop() -> Result<(), Failed> {
                 ("WATCHDOG_USEC", &watchdog_usec),
                 ("MKG_FAILPOINT", "wal-writer-before-commit"),
                 ("MKG_FAILPOINT_ACTION", "hang"),
+                // The first commit starts the MQTT session (ingest/session.rs).
+                ("MKG_FAILPOINT_SKIP", "1"),
             ],
         );
         notify.wait_for("READY=1", Duration::from_secs(60), |l| l == "READY=1")?;

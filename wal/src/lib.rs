@@ -765,17 +765,25 @@ impl Wal {
 /// `MKG_FAILPOINT_SKIP` earlier hits (test builds only: the `failpoints` feature).
 #[cfg(feature = "failpoints")]
 pub fn failpoint(name: &str) {
-    if std::env::var("MKG_FAILPOINT").is_ok_and(|v| v == name) {
-        static HITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let skip: u64 = std::env::var("MKG_FAILPOINT_SKIP")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        if HITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= skip {
-            eprintln!("failpoint {name}: aborting");
-            std::process::abort();
-        }
+    if failpoint_fires(name) {
+        eprintln!("failpoint {name}: aborting");
+        std::process::abort();
     }
+}
+
+/// True when `MKG_FAILPOINT` names `name` and `MKG_FAILPOINT_SKIP` earlier hits have
+/// passed (test builds only).
+#[cfg(feature = "failpoints")]
+pub fn failpoint_fires(name: &str) -> bool {
+    if !std::env::var("MKG_FAILPOINT").is_ok_and(|v| v == name) {
+        return false;
+    }
+    static HITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let skip: u64 = std::env::var("MKG_FAILPOINT_SKIP")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    HITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= skip
 }
 
 fn build_database(options: &WalOptions) -> redb::Builder {

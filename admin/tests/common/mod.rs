@@ -67,6 +67,7 @@ pub fn healthy() -> Snapshot {
         kafka: KafkaStatus {
             last_error: None,
             in_flight: 4,
+            held_topics: vec![],
         },
         backlog: Backlog {
             records: 10,
