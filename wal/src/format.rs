@@ -61,6 +61,9 @@ const META_RECORDS: &str = "record_count";
 const META_BYTES: &str = "record_bytes";
 const META_DEAD: &str = "dead_letter_count";
 const META_DEAD_BYTES: &str = "dead_letter_bytes";
+const META_DROPPED_MAX_BYTES: &str = "dropped_max_bytes";
+const META_DROPPED_MAX_RECORDS: &str = "dropped_max_records";
+const META_DROPPED_MAX_AGE: &str = "dropped_max_age";
 /// Number of the last journal frame whose changes this redb state holds (absent = 0).
 /// Added without a version bump: a file without it has an empty journal.
 pub(crate) const META_JOURNAL_LSN: &str = "journal_lsn";
@@ -274,6 +277,11 @@ pub(crate) fn load_meta(
         bytes: get(META_BYTES)?,
         dead_letters: get(META_DEAD)?,
         dead_letter_bytes: get(META_DEAD_BYTES)?,
+        dropped: crate::Dropped {
+            max_bytes: get(META_DROPPED_MAX_BYTES)?,
+            max_records: get(META_DROPPED_MAX_RECORDS)?,
+            max_age: get(META_DROPPED_MAX_AGE)?,
+        },
         ..WalStats::default()
     })
 }
@@ -287,6 +295,16 @@ pub(crate) fn store_meta(
     meta.insert(META_BYTES, s.bytes)?;
     meta.insert(META_DEAD, s.dead_letters)?;
     meta.insert(META_DEAD_BYTES, s.dead_letter_bytes)?;
+    // Written only once something was dropped: most WALs never see these keys.
+    for (key, n) in [
+        (META_DROPPED_MAX_BYTES, s.dropped.max_bytes),
+        (META_DROPPED_MAX_RECORDS, s.dropped.max_records),
+        (META_DROPPED_MAX_AGE, s.dropped.max_age),
+    ] {
+        if n > 0 {
+            meta.insert(key, n)?;
+        }
+    }
     Ok(())
 }
 

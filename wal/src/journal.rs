@@ -39,21 +39,54 @@
 //!         acknowledged prefix: u64 (u64::MAX = none)
 //!         appends: first seq u64 | count u32, then per record: length u32 | record
 //!                  value as in `records_v1`
-//!         session changes (only when the frame has any; see `session`): count u32,
-//!                  then per change: kind u8 | packet id u16 | value u64
+//!         tail (only when the frame has any): count u32, then per entry:
+//!                  kind u8 | argument u16 | value u64
+//!                  kinds 1-3: MQTT session changes (`session`); 4: records dropped
+//!                  by a policy up to sequence `value`, argument = `DropReason`
 //! ```
-//! Version 1 journals (before the session changes) have the same frames without that
-//! last part, and are still replayed.
+//! Version 1 journals (before the tail) have the same frames without it, and are
+//! still replayed.
 
 use redb::StorageBackend;
 
 use crate::session::{self, Change};
+use crate::DropReason;
+
+/// An entry of a frame's tail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tail {
+    /// A change to the MQTT session state.
+    Session(Change),
+    /// Records up to `up_to` dropped by a policy.
+    Drop { up_to: u64, reason: DropReason },
+}
+
+impl Tail {
+    fn encode(self) -> (u8, u16, u64) {
+        match self {
+            Tail::Session(c) => session::encode(c),
+            Tail::Drop { up_to, reason } => (4, reason as u16, up_to),
+        }
+    }
+
+    fn decode(kind: u8, arg: u16, value: u64) -> Result<Self, String> {
+        match kind {
+            4 => Ok(Tail::Drop {
+                up_to: value,
+                reason: DropReason::from_code(arg)
+                    .ok_or_else(|| format!("unknown drop reason {arg}"))?,
+            }),
+            k => session::decode(k, arg, value).map(Tail::Session),
+        }
+    }
+}
 
 /// Journal file name inside the WAL directory.
 pub const FILE_NAME: &str = "journal.log";
 
 const MAGIC: &[u8; 8] = b"MKGJRNL1";
-/// 2: frames may end with session changes. Version 1 files are read too.
+/// 2: frames may end with a tail (session changes, policy drops). Version 1 files
+/// are read too.
 const VERSION: u32 = 2;
 const READABLE_VERSIONS: [u32; 2] = [1, 2];
 /// Length of the journal's header: the journal is empty at this length.
@@ -74,8 +107,8 @@ pub(crate) struct Frame<'a> {
     pub first_seq: u64,
     /// Encoded record values.
     pub appends: Vec<&'a [u8]>,
-    /// Changes to the MQTT session state, in order.
-    pub session: Vec<Change>,
+    /// The tail: changes to the MQTT session state and policy drops, in order.
+    pub tail: Vec<Tail>,
 }
 
 /// Builds one frame body in a reusable buffer.
@@ -86,17 +119,17 @@ pub(crate) struct FrameBuilder {
     dead_count: u32,
     append_count_at: usize,
     append_count: u32,
-    session_count_at: Option<usize>,
-    session_count: u32,
+    tail_count_at: Option<usize>,
+    tail_count: u32,
 }
 
 impl FrameBuilder {
     /// Start a frame. The call order is `begin`, `dead_letter`*, `ack_and_first_seq`,
-    /// `append`*, `session`*, `finish`.
+    /// `append`*, `tail`*, `finish`.
     pub fn begin(&mut self, lsn: u64) {
         self.buf.clear();
-        self.session_count_at = None;
-        self.session_count = 0;
+        self.tail_count_at = None;
+        self.tail_count = 0;
         self.buf.extend_from_slice(&[0; FRAME_HEAD]);
         self.buf.extend_from_slice(&lsn.to_le_bytes());
         self.dead_count_at = self.buf.len();
@@ -154,25 +187,25 @@ impl FrameBuilder {
         Ok(start..self.buf.len())
     }
 
-    /// Add a change to the MQTT session state (after every append).
-    pub fn session(&mut self, change: Change) {
-        if self.session_count_at.is_none() {
-            self.session_count_at = Some(self.buf.len());
+    /// Add a tail entry (after every append).
+    pub fn tail(&mut self, entry: Tail) {
+        if self.tail_count_at.is_none() {
+            self.tail_count_at = Some(self.buf.len());
             self.buf.extend_from_slice(&0u32.to_le_bytes());
         }
-        let (kind, pkid, value) = session::encode(change);
+        let (kind, arg, value) = entry.encode();
         self.buf.push(kind);
-        self.buf.extend_from_slice(&pkid.to_le_bytes());
+        self.buf.extend_from_slice(&arg.to_le_bytes());
         self.buf.extend_from_slice(&value.to_le_bytes());
-        self.session_count += 1;
+        self.tail_count += 1;
     }
 
     /// Close the frame: the whole frame (head and body), ready to write.
     pub fn finish(&mut self) -> &[u8] {
         let at = self.append_count_at;
         self.buf[at..at + 4].copy_from_slice(&self.append_count.to_le_bytes());
-        if let Some(at) = self.session_count_at {
-            self.buf[at..at + 4].copy_from_slice(&self.session_count.to_le_bytes());
+        if let Some(at) = self.tail_count_at {
+            self.buf[at..at + 4].copy_from_slice(&self.tail_count.to_le_bytes());
         }
         let body = &self.buf[FRAME_HEAD..];
         let len = body.len() as u32;
@@ -302,14 +335,14 @@ fn parse_body(body: &[u8]) -> Result<Frame<'_>, String> {
         let n = r.u32()? as usize;
         appends.push(r.bytes(n)?);
     }
-    let mut changes = Vec::new();
+    let mut tail = Vec::new();
     if r.at < body.len() {
         let count = r.u32()?;
         for _ in 0..count {
             let kind = r.bytes(1)?[0];
-            let pkid = u16::from_le_bytes(r.bytes(2)?.try_into().unwrap());
+            let arg = u16::from_le_bytes(r.bytes(2)?.try_into().unwrap());
             let value = r.u64()?;
-            changes.push(session::decode(kind, pkid, value)?);
+            tail.push(Tail::decode(kind, arg, value)?);
         }
     }
     if r.at != body.len() {
@@ -321,7 +354,7 @@ fn parse_body(body: &[u8]) -> Result<Frame<'_>, String> {
         ack_up_to: (ack != NO_ACK).then_some(ack),
         first_seq,
         appends,
-        session: changes,
+        tail,
     })
 }
 
@@ -476,8 +509,12 @@ mod tests {
         b.begin(3);
         b.ack_and_first_seq(None, 5);
         b.append(b"q");
-        b.session(Change::Remember { pkid: 7, seq: 5 });
-        b.session(Change::Reset(99));
+        b.tail(Tail::Session(Change::Remember { pkid: 7, seq: 5 }));
+        b.tail(Tail::Drop {
+            up_to: 4,
+            reason: DropReason::MaxAge,
+        });
+        b.tail(Tail::Session(Change::Reset(99)));
         let with = b.finish().to_vec();
         // Without session changes a frame is exactly what version 1 wrote.
         let without = frame(4, None, 6, &[b"r"]);
@@ -485,10 +522,17 @@ mod tests {
         let (frames, end) = decode_all(&data).unwrap();
         assert_eq!(end, End::Clean);
         assert_eq!(
-            frames[0].1.session,
-            vec![Change::Remember { pkid: 7, seq: 5 }, Change::Reset(99)]
+            frames[0].1.tail,
+            vec![
+                Tail::Session(Change::Remember { pkid: 7, seq: 5 }),
+                Tail::Drop {
+                    up_to: 4,
+                    reason: DropReason::MaxAge
+                },
+                Tail::Session(Change::Reset(99))
+            ]
         );
-        assert!(frames[1].1.session.is_empty());
+        assert!(frames[1].1.tail.is_empty());
         data[8..12].copy_from_slice(&1u32.to_le_bytes());
         assert_eq!(decode_all(&data).unwrap().0.len(), 2, "a version 1 journal");
         data[8..12].copy_from_slice(&3u32.to_le_bytes());

@@ -24,9 +24,11 @@
 //!    [`Wal::sync`] for every earlier commit. Callers acknowledge upstream only after
 //!    that return.
 //! 3. A record leaves `records_v1` only through [`WriteBatch::ack_up_to`] (the caller
-//!    promises that every record `<= seq` was acknowledged downstream) or
+//!    promises that every record `<= seq` was acknowledged downstream),
 //!    [`WriteBatch::dead_letter`], which moves it into `dead_letter_v1` in the same
-//!    transaction. Nothing else deletes a record.
+//!    transaction, or [`WriteBatch::drop_up_to`], a drop a configured policy asked
+//!    for, counted by reason in [`WalStats::dropped`] in the same transaction. Nothing
+//!    else deletes a record.
 //! 4. Counters in `meta_v1` change in the same transaction as the rows they count, so
 //!    they are exact after any crash.
 //! 5. After a crash, a prefix of the commits is visible, including every durable one:
@@ -62,7 +64,7 @@ use std::time::Duration;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use format::{DEAD_LETTER, META, MQTT_QOS2, RECORDS};
-use journal::{FrameBuilder, Journal};
+use journal::{FrameBuilder, Journal, Tail};
 use session::{ApplyError, BatchChange};
 
 /// File name of the redb database inside the WAL directory.
@@ -150,15 +152,88 @@ pub struct WalStats {
     pub dead_letters: u64,
     /// Encoded bytes in the dead-letter table.
     pub dead_letter_bytes: u64,
+    /// Records dropped by a policy, by reason, over the WAL's life.
+    pub dropped: Dropped,
+}
+
+/// Why a policy dropped records ([`WriteBatch::drop_up_to`]). FROZEN codes: they are
+/// in journal frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum DropReason {
+    /// The backlog reached its byte cap (`drop_oldest`).
+    MaxBytes = 1,
+    /// The backlog reached its record cap (`drop_oldest`).
+    MaxRecords = 2,
+    /// The records were older than the age limit.
+    MaxAge = 3,
+}
+
+impl DropReason {
+    /// Every reason.
+    pub const ALL: [DropReason; 3] = [
+        DropReason::MaxBytes,
+        DropReason::MaxRecords,
+        DropReason::MaxAge,
+    ];
+
+    pub(crate) fn from_code(code: u16) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| *r as u16 == code)
+    }
+
+    /// Its name, as in metrics labels: `max_bytes`, `max_records`, `max_age`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::MaxBytes => "max_bytes",
+            DropReason::MaxRecords => "max_records",
+            DropReason::MaxAge => "max_age",
+        }
+    }
+}
+
+/// Records dropped by a policy, by reason (durable counters).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dropped {
+    /// To stay under the byte cap.
+    pub max_bytes: u64,
+    /// To stay under the record cap.
+    pub max_records: u64,
+    /// For their age.
+    pub max_age: u64,
+}
+
+impl Dropped {
+    /// The counter of `reason`.
+    pub fn get(&self, reason: DropReason) -> u64 {
+        match reason {
+            DropReason::MaxBytes => self.max_bytes,
+            DropReason::MaxRecords => self.max_records,
+            DropReason::MaxAge => self.max_age,
+        }
+    }
+
+    fn add(&mut self, reason: DropReason, n: u64) {
+        match reason {
+            DropReason::MaxBytes => self.max_bytes += n,
+            DropReason::MaxRecords => self.max_records += n,
+            DropReason::MaxAge => self.max_age += n,
+        }
+    }
+
+    /// All reasons together.
+    pub fn total(&self) -> u64 {
+        self.max_bytes + self.max_records + self.max_age
+    }
 }
 
 /// Changes applied in one transaction by [`Wal::commit`], in this order: dead letters,
-/// acknowledged prefix, appends, changes to the MQTT session state.
+/// acknowledged prefix, policy drops, appends, changes to the MQTT session state.
 #[derive(Debug, Default)]
 pub struct WriteBatch<'a> {
     appends: Vec<RecordRef<'a>>,
     dead_letters: Vec<(u64, String)>,
     ack_up_to: Option<u64>,
+    drops: Vec<(u64, DropReason)>,
     session: Vec<BatchChange>,
 }
 
@@ -210,6 +285,14 @@ impl<'a> WriteBatch<'a> {
         self
     }
 
+    /// Delete every record with a sequence `<= seq` because a configured policy gives
+    /// up on them (not acknowledged downstream): counted by `reason` in
+    /// [`WalStats::dropped`].
+    pub fn drop_up_to(&mut self, seq: u64, reason: DropReason) -> &mut Self {
+        self.drops.push((seq, reason));
+        self
+    }
+
     /// Number of appends in the batch.
     pub fn append_count(&self) -> usize {
         self.appends.len()
@@ -220,6 +303,7 @@ impl<'a> WriteBatch<'a> {
         self.appends.is_empty()
             && self.dead_letters.is_empty()
             && self.ack_up_to.is_none()
+            && self.drops.is_empty()
             && self.session.is_empty()
     }
 
@@ -228,6 +312,7 @@ impl<'a> WriteBatch<'a> {
         self.appends.clear();
         self.dead_letters.clear();
         self.ack_up_to = None;
+        self.drops.clear();
         self.session.clear();
     }
 }
@@ -245,6 +330,8 @@ pub struct CommitOutcome {
     pub dead_lettered: u64,
     /// Dead-letter requests for sequences that were not in the log (already gone).
     pub dead_letter_missing: u64,
+    /// Records dropped by a policy.
+    pub dropped: u64,
 }
 
 /// The write-ahead log. Share it behind an `Arc`: reads run concurrently with a commit.
@@ -432,7 +519,13 @@ impl Wal {
         // Whether this commit goes through the journal.
         let journaling = journal.is_some() && !direct;
         let before = *self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(ack) = batch.ack_up_to {
+        let highest_delete = batch
+            .drops
+            .iter()
+            .map(|(s, _)| *s)
+            .chain(batch.ack_up_to)
+            .max();
+        if let Some(ack) = highest_delete {
             if ack >= before.next_seq {
                 return Err(CommitError::AckBeyondEnd {
                     ack,
@@ -468,8 +561,14 @@ impl Wal {
         for record in &batch.appends {
             frame.append_with(|buf| format::encode_record_into(buf, record))?;
         }
+        for (up_to, reason) in &batch.drops {
+            frame.tail(Tail::Drop {
+                up_to: *up_to,
+                reason: *reason,
+            });
+        }
         for change in &batch.session {
-            frame.session(change.resolve(before.next_seq));
+            frame.tail(Tail::Session(change.resolve(before.next_seq)));
         }
         let frame_bytes = frame.finish();
         let ops = journal::parse_frame_unchecked(frame_bytes).map_err(|reason| {
@@ -1054,25 +1153,14 @@ fn apply_frame(
     }
 
     if let Some(ack) = frame.ack_up_to {
-        if ack >= stats.next_seq {
-            return Err(ApplyError::Mismatch(format!(
-                "acknowledges sequence {ack} but the next sequence is {}",
-                stats.next_seq
-            )));
+        outcome.acked = delete_up_to(records, stats, ack)?;
+    }
+    for entry in &frame.tail {
+        if let Tail::Drop { up_to, reason } = *entry {
+            let n = delete_up_to(records, stats, up_to)?;
+            stats.dropped.add(reason, n);
+            outcome.dropped += n;
         }
-        let mut freed_bytes = 0u64;
-        let mut freed = 0u64;
-        for entry in records.range(..=ack)? {
-            let (_, v) = entry?;
-            freed += 1;
-            freed_bytes += v.value().len() as u64;
-        }
-        if freed > 0 {
-            records.retain_in(..=ack, |_, _| false)?;
-        }
-        stats.records -= freed;
-        stats.bytes -= freed_bytes;
-        outcome.acked = freed;
     }
 
     if !frame.appends.is_empty() {
@@ -1091,8 +1179,39 @@ fn apply_frame(
         }
         outcome.appended = frame.appends.len() as u64;
     }
-    session::apply(&frame.session, qos2, meta, stats.next_seq)?;
+    for entry in &frame.tail {
+        if let Tail::Session(change) = entry {
+            session::apply(std::slice::from_ref(change), qos2, meta, stats.next_seq)?;
+        }
+    }
     Ok(outcome)
+}
+
+/// Delete every record `<= up_to`; returns how many there were.
+fn delete_up_to(
+    records: &mut redb::Table<'_, u64, &'static [u8]>,
+    stats: &mut WalStats,
+    up_to: u64,
+) -> Result<u64, ApplyError> {
+    if up_to >= stats.next_seq {
+        return Err(ApplyError::Mismatch(format!(
+            "deletes up to sequence {up_to} but the next sequence is {}",
+            stats.next_seq
+        )));
+    }
+    let mut freed_bytes = 0u64;
+    let mut freed = 0u64;
+    for entry in records.range(..=up_to)? {
+        let (_, v) = entry?;
+        freed += 1;
+        freed_bytes += v.value().len() as u64;
+    }
+    if freed > 0 {
+        records.retain_in(..=up_to, |_, _| false)?;
+    }
+    stats.records -= freed;
+    stats.bytes -= freed_bytes;
+    Ok(freed)
 }
 
 // Keeps the table definitions' types checked against their use above.

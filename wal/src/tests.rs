@@ -217,6 +217,11 @@ fn failed_reopen_refuses_commits_until_a_reopen_succeeds() {
 
 // ---- model-based test ------------------------------------------------------
 
+fn s_dropped(wal: &Wal) -> [u64; 3] {
+    let d = wal.stats().dropped;
+    [d.max_bytes, d.max_records, d.max_age]
+}
+
 #[derive(Debug, Clone)]
 enum Action {
     Append(Vec<(u8, Vec<u8>)>),
@@ -234,6 +239,11 @@ enum Action {
         back: u64,
     },
     Reopen,
+    /// A policy drops the oldest records up to this far back from the end.
+    Drop {
+        back: u64,
+        reason: u8,
+    },
     /// A QoS 2 record with this packet id, then maybe releases and a reset, in one batch.
     Qos2 {
         pkid: u16,
@@ -251,6 +261,7 @@ fn action() -> impl Strategy<Value = Action> {
         1 => (0u64..10).prop_map(|back| Action::DeadLetter { back }),
         1 => (0u64..10).prop_map(|back| Action::AckNonDurable { back }),
         1 => Just(Action::Reopen),
+        1 => (0u64..10, 0u8..3).prop_map(|(back, reason)| Action::Drop { back, reason }),
         2 => (0u16..6, prop::collection::vec(0u16..6, 0..3), prop::option::weighted(0.2, 1u64..4))
             .prop_map(|(pkid, release, reset)| Action::Qos2 { pkid, release, reset }),
     ]
@@ -263,6 +274,7 @@ struct Model {
     dead: BTreeMap<u64, String>,
     session: Option<u64>,
     qos2: BTreeMap<u16, u64>,
+    dropped: [u64; 3],
 }
 
 proptest! {
@@ -319,6 +331,18 @@ proptest! {
                     drop(wal);
                     wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
                 }
+                Action::Drop { back, reason } => {
+                    if m.next <= 1 + back { continue; }
+                    let upto = m.next - 1 - back;
+                    let reason = DropReason::ALL[reason as usize];
+                    let mut b = WriteBatch::new();
+                    b.drop_up_to(upto, reason);
+                    let out = wal.commit(&b, Durability::None).unwrap();
+                    let keep = m.records.split_off(&(upto + 1));
+                    prop_assert_eq!(out.dropped, m.records.len() as u64);
+                    m.dropped[reason as usize - 1] += m.records.len() as u64;
+                    m.records = keep;
+                }
                 Action::Qos2 { pkid, release, reset } => {
                     let mut b = WriteBatch::new();
                     b.append_qos2(rec("alarms/x", b"q2"), pkid);
@@ -342,6 +366,8 @@ proptest! {
                     }
                 }
             }
+            let d = s_dropped(&wal);
+            prop_assert_eq!(d, m.dropped);
             let session = wal.mqtt_session().unwrap();
             prop_assert_eq!(session.id, m.session);
             prop_assert_eq!(session.qos2, m.qos2.iter().map(|(k, v)| (*k, *v)).collect::<Vec<_>>());
@@ -442,6 +468,43 @@ fn qos2_exchanges_survive_a_crash_with_their_records() {
             qos2: vec![]
         }
     );
+}
+
+/// Policy drops are counted by reason, survive a crash (journal replay) and a reopen,
+/// and never reach past the end.
+#[test]
+fn policy_drops_are_counted_and_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let crashed = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let recs: Vec<_> = (0..6).map(|_| rec("a", b"xyz")).collect();
+    wal.append(&recs).unwrap();
+    let mut b = WriteBatch::new();
+    b.drop_up_to(2, DropReason::MaxBytes)
+        .drop_up_to(3, DropReason::MaxAge)
+        .append(rec("a", b"new"));
+    let out = wal.commit(&b, Durability::Immediate).unwrap();
+    assert_eq!((out.dropped, out.first_appended), (3, Some(7)));
+    let want = Dropped {
+        max_bytes: 2,
+        max_records: 0,
+        max_age: 1,
+    };
+    assert_eq!(wal.stats().dropped, want);
+    assert_eq!((wal.stats().records, wal.stats().oldest_seq), (4, Some(4)));
+    let mut b = WriteBatch::new();
+    b.drop_up_to(8, DropReason::MaxRecords);
+    assert!(matches!(
+        wal.commit(&b, Durability::Immediate),
+        Err(CommitError::AckBeyondEnd { ack: 8, .. })
+    ));
+    crash_copy(dir.path(), crashed.path());
+    let reopened = Wal::open(crashed.path(), WalOptions::default()).unwrap();
+    assert_eq!(reopened.stats().dropped, want);
+    assert_eq!(reopened.stats(), wal.stats());
+    drop(reopened);
+    let again = Wal::open(crashed.path(), WalOptions::default()).unwrap();
+    assert_eq!(again.stats().dropped.total(), 3);
 }
 
 #[test]
