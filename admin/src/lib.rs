@@ -176,6 +176,21 @@ pub struct Backlog {
     pub oldest_age_seconds: Option<f64>,
     /// Seq the next appended record will get.
     pub next_seq: u64,
+    /// Records dropped by a configured policy (`wal.on_full = drop_oldest`,
+    /// `wal.on_expired = drop`), by reason, over the WAL's life: they never reached
+    /// Kafka.
+    pub dropped: Dropped,
+}
+
+/// Records dropped by a policy, by reason.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Dropped {
+    /// To stay under `wal.max_bytes`.
+    pub max_bytes: u64,
+    /// To stay under `wal.max_records`.
+    pub max_records: u64,
+    /// Older than `wal.max_age`.
+    pub max_age: u64,
 }
 
 /// Records Kafka rejected permanently.
@@ -214,8 +229,10 @@ pub struct Counters {
     pub wal_commit_errors: u64,
     /// Records acknowledged by Kafka.
     pub kafka_records_forwarded: u64,
-    /// Records set aside after a permanent Kafka error.
+    /// Records set aside after a permanent Kafka error (or their age).
     pub kafka_records_dead_lettered: u64,
+    /// Records moved to the dead-letter table for their age (`wal.max_age`).
+    pub wal_records_expired: u64,
     /// Failed Kafka deliveries (retried or dead-lettered).
     pub kafka_delivery_errors: u64,
     /// Times the Kafka producer was recreated after a fatal error.

@@ -64,6 +64,11 @@ pub(crate) fn render(s: &Snapshot) -> String {
             c.wal_commit_errors,
         ),
         (
+            "mkg_wal_records_expired_total",
+            "Records moved to the dead-letter table for being older than wal.max_age.",
+            c.wal_records_expired,
+        ),
+        (
             "mkg_kafka_records_forwarded_total",
             "Records acknowledged by Kafka.",
             c.kafka_records_forwarded,
@@ -198,6 +203,17 @@ pub(crate) fn render(s: &Snapshot) -> String {
             }
         }
     }
+
+    let d = &s.backlog.dropped;
+    let _ = write!(
+        out,
+        "# HELP mkg_wal_records_dropped_total Records dropped by a configured policy (they never reached Kafka), by reason, over the WAL's life.\n\
+         # TYPE mkg_wal_records_dropped_total counter\n\
+         mkg_wal_records_dropped_total{{reason=\"max_bytes\"}} {}\n\
+         mkg_wal_records_dropped_total{{reason=\"max_records\"}} {}\n\
+         mkg_wal_records_dropped_total{{reason=\"max_age\"}} {}\n",
+        d.max_bytes, d.max_records, d.max_age
+    );
 
     histogram(
         &mut out,
@@ -342,7 +358,7 @@ mod tests {
             );
             assert!(name.starts_with("mkg_"), "{name} lacks the mkg_ prefix");
         }
-        assert_eq!(samples, 34);
+        assert_eq!(samples, 38);
         assert!(text.ends_with('\n'));
     }
 }

@@ -169,7 +169,13 @@ fn readyz(snap: &Snapshot) -> Response<Full<Bytes>> {
         reasons.push(with_cause("wal not writable", &snap.wal.last_error));
     }
     if !snap.mqtt.accepting {
-        reasons.push("mqtt ingest paused".to_owned());
+        // Paused by the WAL (full disk, cap): say why, unless said above already.
+        let cause = if snap.wal.writable {
+            &snap.wal.last_error
+        } else {
+            &None
+        };
+        reasons.push(with_cause("mqtt ingest paused", cause));
     }
     if let Some(lost) = snap.mqtt.session_lost.as_ref().filter(|l| l.alerting) {
         reasons.push(format!(

@@ -188,6 +188,7 @@ async fn backlog_includes_dead_letters() {
             "oldest_seq": 90, "newest_seq": 99,
             "oldest_age_seconds": 3.25,
             "next_seq": 100,
+            "dropped": {"max_bytes": 0, "max_records": 6, "max_age": 0},
             "dead_letters": {"records": 2, "bytes": 300}
         })
     );
@@ -240,6 +241,7 @@ async fn metrics_exposition() {
         ("mkg_wal_commit_errors_total", "counter", "106"),
         ("mkg_kafka_records_forwarded_total", "counter", "107"),
         ("mkg_kafka_records_dead_lettered_total", "counter", "108"),
+        ("mkg_wal_records_expired_total", "counter", "116"),
         ("mkg_kafka_delivery_errors_total", "counter", "109"),
         ("mkg_kafka_producer_rebuilds_total", "counter", "110"),
         ("mkg_backlog_records", "gauge", "10"),

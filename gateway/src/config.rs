@@ -253,6 +253,36 @@ pub struct WalConfig {
     /// deletes of acknowledged records still commit, so the gateway recovers by itself.
     #[serde(default = "default_min_free")]
     pub min_free_space: ByteSize,
+    /// Most encoded bytes in the backlog (none = only the disk bounds it).
+    #[serde(default)]
+    pub max_bytes: Option<ByteSize>,
+    /// Most records in the backlog (none = no limit).
+    #[serde(default)]
+    pub max_records: Option<u64>,
+    /// At `max_bytes` / `max_records`: `block` (stop acknowledging MQTT until Kafka
+    /// drains the backlog) or `drop_oldest` (counted and logged).
+    #[serde(default)]
+    pub on_full: crate::policy::OnFull,
+    /// Records older than this (by receive time) are expired (none = kept).
+    #[serde(default, with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+    /// Expired records: `dead_letter` (kept, not forwarded) or `drop` (counted and
+    /// logged).
+    #[serde(default)]
+    pub on_expired: crate::policy::OnExpired,
+}
+
+impl WalConfig {
+    /// The caps and the age limit.
+    pub fn limits(&self) -> crate::policy::Limits {
+        crate::policy::Limits {
+            max_bytes: self.max_bytes.map(|b| b.0),
+            max_records: self.max_records,
+            on_full: self.on_full,
+            max_age: self.max_age,
+            on_expired: self.on_expired,
+        }
+    }
 }
 
 /// Forwarder bounds.
@@ -767,6 +797,20 @@ impl Config {
         }
         if self.wal.cache_size.0 < 1 << 20 {
             return Err(err("wal.cache_size", "must be at least 1 MiB".into()));
+        }
+        if let Some(b) = self.wal.max_bytes {
+            if b.0 < (1 << 20).max(m.max_packet_size.0) {
+                return Err(err(
+                    "wal.max_bytes",
+                    "must be at least 1 MiB and at least mqtt.max_packet_size".into(),
+                ));
+            }
+        }
+        if self.wal.max_records == Some(0) {
+            return Err(err("wal.max_records", "must be at least 1".into()));
+        }
+        if self.wal.max_age.is_some_and(|a| a < Duration::from_secs(1)) {
+            return Err(err("wal.max_age", "must be at least 1s".into()));
         }
         if self.forward.max_in_flight_records == 0 || self.forward.max_in_flight_records > 1_000_000
         {

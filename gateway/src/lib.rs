@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod forward;
 pub mod ingest;
+pub mod policy;
 pub mod quickack;
 pub mod route;
 pub mod run;

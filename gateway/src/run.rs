@@ -164,6 +164,7 @@ pub async fn run(
             sync_linger: cfg.wal.sync_linger,
             idle_sync: Duration::from_secs(1),
             min_free_space: cfg.wal.min_free_space.0,
+            limits: cfg.wal.limits(),
         };
         std::thread::Builder::new()
             .name("wal".into())

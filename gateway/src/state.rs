@@ -39,6 +39,8 @@ pub struct Counters {
     pub kafka_records_forwarded: AtomicU64,
     /// Records parked in the dead-letter table.
     pub kafka_records_dead_lettered: AtomicU64,
+    /// Records moved to the dead-letter table for their age (`wal.max_age`).
+    pub wal_records_expired: AtomicU64,
     /// Failed delivery reports (retried or dead-lettered).
     pub kafka_delivery_errors: AtomicU64,
     /// Producers rebuilt after a fatal or unrecoverable error.
@@ -424,6 +426,11 @@ impl admin::Source for AdminView {
                     .oldest_receive_time_ms
                     .map(|t| now_ms.saturating_sub(t) as f64 / 1000.0),
                 next_seq: w.next_seq,
+                dropped: admin::Dropped {
+                    max_bytes: w.dropped.max_bytes,
+                    max_records: w.dropped.max_records,
+                    max_age: w.dropped.max_age,
+                },
             },
             dead_letters: admin::DeadLetters {
                 records: w.dead_letters,
@@ -443,6 +450,7 @@ impl admin::Source for AdminView {
                 wal_commit_errors: c.wal_commit_errors.load(Relaxed),
                 kafka_records_forwarded: c.kafka_records_forwarded.load(Relaxed),
                 kafka_records_dead_lettered: c.kafka_records_dead_lettered.load(Relaxed),
+                wal_records_expired: c.wal_records_expired.load(Relaxed),
                 kafka_delivery_errors: c.kafka_delivery_errors.load(Relaxed),
                 kafka_producer_rebuilds: c.kafka_producer_rebuilds.load(Relaxed),
             },

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use wal::{CommitError, Durability, RecordRef, Wal, WriteBatch};
 
+use crate::policy::{DropLog, Expired, Limits};
 use crate::state::{self, Shared};
 
 /// A message received from MQTT, on its way into the WAL.
@@ -94,6 +95,14 @@ impl Entry {
             Entry::Session(_) => 16,
         }
     }
+}
+
+/// Records among `entries` and their encoded bytes, as the WAL counts them.
+fn record_load(entries: &[Entry]) -> (u64, u64) {
+    entries.iter().fold((0, 0), |(n, b), e| match e {
+        Entry::Record(p) => (n + 1, b + 13 + p.size() as u64),
+        Entry::Session(_) => (n, b),
+    })
 }
 
 /// Records among `entries`.
@@ -198,6 +207,8 @@ pub struct WriterOptions {
     pub idle_sync: Duration,
     /// Free space to keep on the WAL's filesystem (0 = no check).
     pub min_free_space: u64,
+    /// Caps and age limit (`policy`).
+    pub limits: Limits,
 }
 
 /// Free bytes for unprivileged users on the filesystem holding `path`.
@@ -278,11 +289,15 @@ pub fn run(
 
     // Appends received while commits were failing: the head of the next batch.
     let mut held: Vec<Entry> = Vec::new();
+    let mut drop_log = DropLog::default();
+    let mut last_expiry = Instant::now();
     // The commit/sync context over the state above.
     macro_rules! retry {
         () => {
             Retry {
                 min_free: opts.min_free_space,
+                limits: &opts.limits,
+                drop_log: &mut drop_log,
                 wal: &wal,
                 shared: &shared,
                 abort: &abort,
@@ -299,6 +314,15 @@ pub fn run(
 
     while !closed {
         shared.heartbeats.wal.beat();
+        if opts.limits.max_age.is_some() && last_expiry.elapsed() >= EXPIRY_EVERY {
+            last_expiry = Instant::now();
+            let mut ctx = retry!();
+            if !ctx.expire() {
+                return;
+            }
+            unsynced = true;
+        }
+        drop_log.flush(&opts.limits, false);
         let mut bytes = 0usize;
         if held.is_empty() {
             // 1. Block for the first command (or idle-sync after a while).
@@ -308,6 +332,9 @@ pub fn run(
                     tokio::time::timeout(wait, rx.recv()).await
                 } else if unsynced {
                     tokio::time::timeout(opts.idle_sync, rx.recv()).await
+                } else if opts.limits.max_age.is_some() {
+                    // Wake up to expire old records even when nothing arrives.
+                    tokio::time::timeout(EXPIRY_EVERY, rx.recv()).await
                 } else {
                     Ok(state::beating(&shared.heartbeats.wal, rx.recv()).await)
                 }
@@ -466,6 +493,9 @@ struct Unsynced {
     due: Option<Instant>,
 }
 
+/// How often records past `wal.max_age` are looked for.
+const EXPIRY_EVERY: Duration = Duration::from_secs(1);
+
 /// With `sync_linger` > 0: the least time between two commits (a commit no longer
 /// waits for an fsync, which used to space them out by itself).
 const MIN_COMMIT_INTERVAL: Duration = Duration::from_millis(1);
@@ -511,6 +541,8 @@ fn build<'a>(appends: &'a [Entry], dead: &[(u64, String)], ack: Option<u64>) -> 
 
 struct Retry<'a> {
     min_free: u64,
+    limits: &'a Limits,
+    drop_log: &'a mut DropLog,
     wal: &'a Wal,
     shared: &'a Shared,
     abort: &'a CancellationToken,
@@ -541,17 +573,27 @@ impl Retry<'_> {
         // On a full disk, try ever smaller prefixes of the batch: a big batch may not
         // fit where a small one does.
         let mut limit = appends.len();
-        let mut low = false;
+        // Appends held back: by a nearly full disk (true) or by the cap (false).
+        let mut low: Option<bool> = None;
         loop {
             self.shared.heartbeats.wal.beat();
-            // Keep the free-space reserve: while it is short, commit only deletes
-            // (they free room) and hold the appends.
+            // Keep the free-space reserve (and the cap, with wal.on_full = block):
+            // while it is short, commit only deletes (they free room) and hold the
+            // appends.
             let need: u64 = appends[..limit]
                 .iter()
                 .map(|e| (e.size() + 64) as u64)
                 .sum();
-            if limit > 0 {
-                if let Some(why) = low_space(self.wal, self.min_free, 2 * need) {
+            let (records, bytes) = record_load(&appends[..limit]);
+            if records > 0 {
+                let blocked = low_space(self.wal, self.min_free, 2 * need)
+                    .map(|why| (why, true))
+                    .or_else(|| {
+                        self.limits
+                            .blocks(self.wal, records, bytes)
+                            .map(|why| (why, false))
+                    });
+                if let Some((why, disk)) = blocked {
                     if limit > 1 {
                         limit /= 2;
                         continue;
@@ -560,13 +602,13 @@ impl Retry<'_> {
                     // pages that deletes freed (redb reuses them only after a durable
                     // commit). run.rs keeps wal.checkpoint_bytes within half the
                     // reserve, so the checkpoint fits.
-                    if self.checkpoint_for_space() {
+                    if disk && self.checkpoint_for_space() {
                         limit = appends.len();
                         continue;
                     }
-                    if !low {
+                    if low.is_none() {
                         tracing::warn!("{why}; not acknowledging MQTT messages");
-                        low = true;
+                        low = Some(disk);
                     }
                     self.shared.mqtt_accepting.store(false, Relaxed);
                     state::set(&self.shared.wal_last_error, Some(why));
@@ -585,13 +627,22 @@ impl Retry<'_> {
                     continue;
                 }
             }
-            if low {
-                tracing::info!("free space is back above the reserve; acknowledging MQTT messages");
-                low = false;
+            if let Some(disk) = low.take() {
+                if disk {
+                    tracing::info!(
+                        "free space is back above the reserve; acknowledging MQTT messages"
+                    );
+                } else {
+                    tracing::info!(
+                        "the backlog is below the WAL's cap again; acknowledging MQTT messages"
+                    );
+                }
                 self.shared.mqtt_accepting.store(true, Relaxed);
                 state::set(&self.shared.wal_last_error, None);
             }
             let appends = &appends[..limit];
+            // With wal.on_full = drop_oldest: the oldest records make room.
+            let room = self.limits.make_room(self.wal, records, bytes);
             self.bypass_journal_when_tight(need);
             let sync_now = sync_now || self.wal.is_direct();
             let durability = if sync_now && !(appends.is_empty() && dead.is_empty()) {
@@ -600,11 +651,16 @@ impl Retry<'_> {
                 Durability::None
             };
             let started = Instant::now();
-            let result = self
-                .wal
-                .commit(&build(appends, dead, *ack), clone_durability(&durability));
+            let mut batch = build(appends, dead, *ack);
+            if let Some(d) = &room {
+                batch.drop_up_to(d.up_to, d.reason);
+            }
+            let result = self.wal.commit(&batch, clone_durability(&durability));
             match result {
                 Ok(outcome) => {
+                    if let Some(d) = &room {
+                        self.drop_log.dropped(d, self.limits);
+                    }
                     if matches!(durability, Durability::Immediate) {
                         self.shared.commit_times.record(started.elapsed());
                     }
@@ -663,6 +719,49 @@ impl Retry<'_> {
                 }
             }
         }
+    }
+
+    /// Drop records older than `wal.max_age`, or move them to the dead-letter table
+    /// (`wal.on_expired`). Returns false only when `abort` was cancelled.
+    fn expire(&mut self) -> bool {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let Some(expired) = self.limits.expired(self.wal, now_ms) else {
+            return true;
+        };
+        let (mut dead, mut ack) = (Vec::new(), None);
+        match expired {
+            Expired::Drop(d) => {
+                let mut batch = WriteBatch::new();
+                batch.drop_up_to(d.up_to, d.reason);
+                match self.wal.commit(&batch, Durability::None) {
+                    Ok(_) => self.drop_log.dropped(&d, self.limits),
+                    // Tried again in a second; a failing WAL shows in the commits.
+                    Err(e) => tracing::warn!(error = %e, "dropping expired records failed"),
+                }
+                return true;
+            }
+            Expired::DeadLetter(seqs) => {
+                let reason = format!(
+                    "expired: older than wal.max_age ({})",
+                    humantime::format_duration(self.limits.max_age.unwrap_or_default())
+                );
+                let (first, last, n) = (seqs[0], seqs[seqs.len() - 1], seqs.len());
+                dead.extend(seqs.into_iter().map(|s| (s, reason.clone())));
+                let Some((outcome, _, _)) = self.commit_until_ok(&[], &mut dead, &mut ack, false)
+                else {
+                    return false;
+                };
+                let c = &self.shared.counters;
+                c.kafka_records_dead_lettered
+                    .fetch_add(outcome.dead_lettered, Relaxed);
+                c.wal_records_expired
+                    .fetch_add(outcome.dead_lettered, Relaxed);
+                self.drop_log.expired(first, last, n as u64, self.limits);
+            }
+        }
+        true
     }
 
     /// Make the committed appends waiting for their fsync durable and publish them
@@ -972,8 +1071,12 @@ mod tests {
         let mut held: Vec<Entry> = (0..HOLD_LIMIT).map(|_| Entry::Record(pending(0))).collect();
         let mut closed = false;
         let abort = CancellationToken::new();
+        let limits = Limits::default();
+        let mut drop_log = DropLog::default();
         let mut ctx = Retry {
             min_free: 0,
+            limits: &limits,
+            drop_log: &mut drop_log,
             wal: &wal,
             shared: &shared,
             abort: &abort,
@@ -1020,6 +1123,7 @@ mod tests {
             sync_linger,
             idle_sync: Duration::from_secs(1),
             min_free_space: 0,
+            limits: Default::default(),
         };
         let shared = Arc::new(Shared::default());
         let thread = std::thread::spawn({

@@ -79,6 +79,7 @@ impl Rig {
                         sync_linger: Duration::from_millis(10),
                         idle_sync: Duration::from_millis(100),
                         min_free_space: 0,
+                        limits: Default::default(),
                     },
                     CancellationToken::new(),
                     || {},

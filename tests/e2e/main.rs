@@ -19,6 +19,7 @@ mod config_errors;
 mod faults;
 mod mosquitto_restart;
 mod outage;
+mod policies;
 mod qos2;
 mod systemd;
 mod timestamps;
@@ -105,6 +106,9 @@ fn main() {
         mosquitto_restart::mosquitto_restarts_lose_nothing,
         qos2::qos2_exactly_once_into_the_wal_across_crashes_and_restarts,
         broker_state::broker_drops_and_lost_sessions_are_visible,
+        policies::wal_cap_drops_the_oldest_during_an_outage,
+        policies::wal_cap_blocks_then_loses_nothing,
+        policies::expired_records_are_dead_lettered_or_dropped,
         unknown_topic::unknown_topics_are_held_then_delivered_or_parked,
         wal_faults::slow_fsync_sigkill_mid_commit_loses_nothing,
         wal_faults::wal_io_errors_not_acked_then_reopened,

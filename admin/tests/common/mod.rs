@@ -76,6 +76,11 @@ pub fn healthy() -> Snapshot {
             newest_seq: Some(99),
             oldest_age_seconds: Some(3.25),
             next_seq: 100,
+            dropped: admin::Dropped {
+                max_bytes: 0,
+                max_records: 6,
+                max_age: 0,
+            },
         },
         dead_letters: DeadLetters {
             records: 2,
@@ -95,6 +100,7 @@ pub fn healthy() -> Snapshot {
             wal_commit_errors: 106,
             kafka_records_forwarded: 107,
             kafka_records_dead_lettered: 108,
+            wal_records_expired: 116,
             kafka_delivery_errors: 109,
             kafka_producer_rebuilds: 110,
         },
