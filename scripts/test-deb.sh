@@ -239,6 +239,11 @@ bash "$ROOT/scripts/kafka-local.sh" stop "$WORK/kafka" >&2
 publish b "$N2"
 wait_for "a backlog of $N2 on /backlog" 60 bash -c "[[ \$(curl -fsS http://127.0.0.1:$APORT/backlog | grep -o '\"records\":[0-9]*' | head -1) == '\"records\":$N2' ]]"
 say "ok: Kafka down, backlog $(backlog) records in $STATE"
+# What `systemctl reload` does (the unit's ExecReload=), under the unit's system call
+# filter: the file is read again and the process keeps running.
+kill -HUP "$GW_PID"
+wait_for "the configuration reload" 30 grep -q "configuration reloaded" "$WORK/gateway-$RUN.log"
+check "gateway still running after SIGHUP" kill -0 "$GW_PID"
 stop_gateway
 check "WAL holds the $N2 records (wal stats)" bash -c "
     as_user() { setpriv --reuid=$NAME --regid=$NAME --init-groups -- \"\$@\"; }

@@ -74,6 +74,7 @@ want "Type=notify"
 want "NotifyAccess=main"
 want "Restart=on-failure"
 want "RestartPreventExitStatus=2 3"
+want 'ExecReload=/bin/kill -HUP $MAINPID'
 want "StateDirectory=$NAME"
 want "User=$NAME"
 want "NoNewPrivileges=yes"

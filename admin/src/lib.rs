@@ -53,6 +53,21 @@ pub struct Snapshot {
     /// How long each durable WAL commit took (write and fsync): `/metrics` only.
     #[serde(skip)]
     pub wal_commit_seconds: Histogram,
+    /// The configuration file and its reloads (SIGHUP).
+    pub config: ConfigStatus,
+}
+
+/// The configuration file as the gateway runs it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConfigStatus {
+    /// The file, if the gateway was started with one.
+    pub path: Option<String>,
+    /// When it was last reloaded (SIGHUP), Unix ms.
+    pub reloaded_at_ms: Option<u64>,
+    /// Why the last reload was refused (the running configuration stayed).
+    pub last_reload_error: Option<String>,
+    /// Keys changed in the file that take effect only at the next start.
+    pub restart_needed: Vec<String>,
 }
 
 /// A cumulative histogram, as Prometheus reads one.
@@ -237,4 +252,8 @@ pub struct Counters {
     pub kafka_delivery_errors: u64,
     /// Times the Kafka producer was recreated after a fatal error.
     pub kafka_producer_rebuilds: u64,
+    /// Configuration reloads applied (SIGHUP).
+    pub config_reloads: u64,
+    /// Configuration reloads refused (a bad file).
+    pub config_reload_errors: u64,
 }

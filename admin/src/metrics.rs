@@ -88,6 +88,16 @@ pub(crate) fn render(s: &Snapshot) -> String {
             "Kafka producer recreations after a fatal error.",
             c.kafka_producer_rebuilds,
         ),
+        (
+            "mkg_config_reloads_total",
+            "Configuration reloads applied (SIGHUP).",
+            c.config_reloads,
+        ),
+        (
+            "mkg_config_reload_errors_total",
+            "Configuration reloads refused for a bad file (the running configuration stayed).",
+            c.config_reload_errors,
+        ),
     ];
     for (name, help, value) in counters {
         family(&mut out, name, help, "counter", "", &value.to_string());
@@ -358,7 +368,7 @@ mod tests {
             );
             assert!(name.starts_with("mkg_"), "{name} lacks the mkg_ prefix");
         }
-        assert_eq!(samples, 38);
+        assert_eq!(samples, 40);
         assert!(text.ends_with('\n'));
     }
 }

@@ -244,6 +244,8 @@ async fn metrics_exposition() {
         ("mkg_wal_records_expired_total", "counter", "116"),
         ("mkg_kafka_delivery_errors_total", "counter", "109"),
         ("mkg_kafka_producer_rebuilds_total", "counter", "110"),
+        ("mkg_config_reloads_total", "counter", "117"),
+        ("mkg_config_reload_errors_total", "counter", "118"),
         ("mkg_backlog_records", "gauge", "10"),
         ("mkg_backlog_bytes", "gauge", "2048"),
         ("mkg_backlog_oldest_age_seconds", "gauge", "3.25"),

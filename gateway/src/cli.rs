@@ -121,7 +121,7 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            init_logging(&loaded.config.log);
+            let log = init_logging(&loaded.config.log);
             limit_malloc_arenas();
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -136,8 +136,17 @@ pub fn main() -> ExitCode {
             };
             let result = rt.block_on(async move {
                 let shutdown = CancellationToken::new();
-                tokio::spawn(wait_for_signal(shutdown.clone()));
-                crate::run::run(loaded, shutdown, |_| {}).await
+                let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
+                // Installed before anything else runs: SIGHUP's default action would
+                // stop the process.
+                let signals = install_signals();
+                tokio::spawn(wait_for_signal(signals, shutdown.clone(), reload_tx));
+                let control = crate::run::Control {
+                    config_path: config,
+                    reload: Some(reload_rx),
+                    log,
+                };
+                crate::run::run_with(loaded, control, shutdown, |_| {}).await
             });
             match result {
                 Ok(()) => ExitCode::SUCCESS,
@@ -191,28 +200,64 @@ fn limit_malloc_arenas() {
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const MALLOC_ARENAS: libc::c_int = 2;
 
-fn init_logging(filter: &str) {
+/// Set up logging; returns what changes the filter on a reload (none while
+/// `RUST_LOG` sets it: the environment wins over the file).
+fn init_logging(filter: &str) -> Option<crate::reload::LogFilter> {
+    let from_env = std::env::var_os("RUST_LOG").is_some();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .try_init();
+        .with_filter_reloading();
+    let handle = builder.reload_handle();
+    builder.try_init().ok()?;
+    if from_env {
+        return None;
+    }
+    Some(Box::new(move |f: &str| {
+        let filter = tracing_subscriber::EnvFilter::try_new(f).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    }))
 }
 
-async fn wait_for_signal(shutdown: CancellationToken) {
+/// SIGTERM and SIGHUP handlers (SIGINT is `ctrl_c`).
+fn install_signals() -> Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot install SIGTERM handler");
-            return;
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(t), Ok(h)) => Some((t, h)),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot install the signal handlers");
+            None
         }
+    }
+}
+
+/// SIGTERM and SIGINT stop the gateway; SIGHUP asks for a configuration reload (and
+/// never stops it).
+async fn wait_for_signal(
+    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+    shutdown: CancellationToken,
+    reload: tokio::sync::mpsc::UnboundedSender<()>,
+) {
+    let Some((mut term, mut hup)) = signals else {
+        return;
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-        _ = shutdown.cancelled() => return,
+    loop {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                let _ = reload.send(());
+                continue;
+            }
+            _ = shutdown.cancelled() => return,
+        }
+        break;
     }
     shutdown.cancel();
 }

@@ -27,7 +27,7 @@ pub struct ConfigError {
 }
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Identifies this gateway in Kafka record headers (default: the host name).
@@ -57,7 +57,7 @@ pub struct Config {
 }
 
 /// MQTT connection and subscriptions (the Kafka Connect `mqtt.*` keys).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
     /// Broker URIs (`tcp://host:port`, `ssl://host:port`), tried in turn.
@@ -110,7 +110,7 @@ pub struct MqttConfig {
 }
 
 /// One subscription.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopicSubscription {
     /// MQTT topic filter (wildcards `+` and `#` allowed).
@@ -121,7 +121,7 @@ pub struct TopicSubscription {
 }
 
 /// TLS files for the MQTT connection.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttTls {
     /// PEM file with the CA certificate(s) to trust.
@@ -135,7 +135,7 @@ pub struct MqttTls {
 }
 
 /// Kafka connection, topic mapping, key and producer properties.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// `host:port[,host:port...]`.
@@ -159,7 +159,7 @@ pub struct KafkaConfig {
 }
 
 /// One topic mapping.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// MQTT topic filter this route applies to.
@@ -185,7 +185,7 @@ pub enum KeyMode {
 }
 
 /// A librdkafka property value: TOML strings, integers, floats and booleans.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum PropertyValue {
     /// A string.
@@ -210,7 +210,7 @@ impl fmt::Display for PropertyValue {
 }
 
 /// WAL location and group commit bounds.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WalConfig {
     /// Directory of the WAL (created if missing).
@@ -286,7 +286,7 @@ impl WalConfig {
 }
 
 /// Forwarder bounds.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardConfig {
     /// Most records handed to the producer and not yet acknowledged by Kafka.
@@ -306,7 +306,7 @@ pub struct ForwardConfig {
 }
 
 /// Admin HTTP API.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Serve the admin API.
@@ -318,7 +318,7 @@ pub struct AdminConfig {
 }
 
 /// Shutdown.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShutdownConfig {
     /// Time allowed on SIGTERM/SIGINT for in-flight Kafka deliveries to finish.
@@ -327,7 +327,7 @@ pub struct ShutdownConfig {
 }
 
 /// A secret string whose `Debug` never shows it.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
 

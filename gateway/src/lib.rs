@@ -11,12 +11,14 @@
 //! 5. [`writer`]: the WAL thread deletes the acknowledged prefix (rule 2), or parks a
 //!    permanently refused record in the dead-letter table (rule 3).
 
+pub mod admin_api;
 pub mod cli;
 pub mod config;
 pub mod forward;
 pub mod ingest;
 pub mod policy;
 pub mod quickack;
+pub mod reload;
 pub mod route;
 pub mod run;
 pub mod sdnotify;

@@ -1,6 +1,7 @@
 //! Wiring: open the WAL, start the WAL thread, the forwarder, the admin server and
 //! MQTT ingest; on shutdown stop them in the order that loses nothing.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::mpsc as stdmpsc;
 use std::sync::Arc;
@@ -10,8 +11,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use wal::{Wal, WalOptions};
 
+use crate::admin_api::AdminApi;
 use crate::config::Loaded;
 use crate::forward::{self, ForwardOptions};
+use crate::reload::{LogFilter, Reloader};
 use crate::state::{AdminView, Shared};
 use crate::writer::{self, WriterOptions};
 use crate::{ingest, sdnotify, state};
@@ -53,6 +56,25 @@ pub struct Ready {
     pub admin_addr: Option<std::net::SocketAddr>,
 }
 
+/// How the binary drives a running gateway, besides stopping it.
+#[derive(Default)]
+pub struct Control {
+    /// The configuration file, read again on each reload request.
+    pub config_path: Option<PathBuf>,
+    /// Reload requests (SIGHUP).
+    pub reload: Option<mpsc::UnboundedReceiver<()>>,
+    /// Applies a reloaded log filter.
+    pub log: Option<LogFilter>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("config_path", &self.config_path)
+            .finish()
+    }
+}
+
 /// Run the gateway until `shutdown` is cancelled. `on_ready` is called once the WAL
 /// is open and the admin API is serving.
 pub async fn run(
@@ -60,9 +82,40 @@ pub async fn run(
     shutdown: CancellationToken,
     on_ready: impl FnOnce(&Ready),
 ) -> Result<(), RunError> {
+    run_with(loaded, Control::default(), shutdown, on_ready).await
+}
+
+/// [`run`], reloading the configuration on `control`'s requests.
+pub async fn run_with(
+    loaded: Loaded,
+    control: Control,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(&Ready),
+) -> Result<(), RunError> {
     let loaded = Arc::new(loaded);
     let cfg = &loaded.config;
     let shared = Arc::new(Shared::default());
+    shared.config.lock().unwrap_or_else(|e| e.into_inner()).path = control
+        .config_path
+        .as_ref()
+        .map(|p| p.display().to_string());
+    // The running configuration: a reload sends the parts that change live.
+    let (config_tx, config_rx) = watch::channel(loaded.clone());
+    let reloader = Arc::new(Reloader::new(
+        control.config_path,
+        config_tx,
+        shared.clone(),
+        control.log,
+    ));
+    if let Some(mut requests) = control.reload {
+        let reloader = reloader.clone();
+        tokio::spawn(async move {
+            while requests.recv().await.is_some() {
+                let r = reloader.clone();
+                let _ = tokio::task::spawn_blocking(move || r.reload()).await;
+            }
+        });
+    }
     // systemd (Type=notify): a no-op when not started by systemd.
     let notifier = sdnotify::Notifier::from_env().map(Arc::new);
     if let Some(n) = &notifier {
@@ -119,30 +172,21 @@ pub async fn run(
         .unwrap_or_else(|e| e.into_inner()) = cfg.mqtt.session_lost_alert;
 
     // Admin API first, so the backlog is visible even while brokers are down.
-    let admin_token = CancellationToken::new();
-    let mut admin_addr = None;
-    let admin_task = if cfg.admin.enabled {
-        let listener = tokio::net::TcpListener::bind(cfg.admin.listen)
+    let view: Arc<dyn admin::Source> = Arc::new(AdminView {
+        shared: shared.clone(),
+        wal: wal.clone(),
+        gateway_id: cfg.gateway_id.clone(),
+    });
+    let admin_api =
+        AdminApi::start(&cfg.admin, view)
             .await
             .map_err(|source| RunError::AdminBind {
                 addr: cfg.admin.listen,
                 source,
             })?;
-        admin_addr = Some(listener.local_addr().map_err(anyhow::Error::from)?);
-        tracing::info!(addr = %admin_addr.expect("set above"), "admin API listening");
-        let view: Arc<dyn admin::Source> = Arc::new(AdminView {
-            shared: shared.clone(),
-            wal: wal.clone(),
-            gateway_id: cfg.gateway_id.clone(),
-        });
-        Some(tokio::spawn(admin::serve(
-            listener,
-            view,
-            admin_token.clone(),
-        )))
-    } else {
-        None
-    };
+    let admin_addr = admin_api.addr();
+    let admin_token = CancellationToken::new();
+    let admin_task = tokio::spawn(admin_api.follow(config_rx.clone(), admin_token.clone()));
 
     // WAL thread.
     let (wal_tx, wal_rx) = mpsc::channel(16_384);
@@ -165,6 +209,7 @@ pub async fn run(
             idle_sync: Duration::from_secs(1),
             min_free_space: cfg.wal.min_free_space.0,
             limits: cfg.wal.limits(),
+            reload: Some(config_rx.clone()),
         };
         std::thread::Builder::new()
             .name("wal".into())
@@ -184,11 +229,10 @@ pub async fn run(
     let forwarder_thread = {
         let wal = wal.clone();
         let wal_tx = forward_wal_tx;
-        let loaded = loaded.clone();
+        let config = config_rx.clone();
         let shared = shared.clone();
         let stop = forward_stop.clone();
         let opts = forward_options(&loaded);
-        let grace = cfg.shutdown.grace_period;
         let failed = shutdown.clone();
         std::thread::Builder::new()
             .name("forward".into())
@@ -199,11 +243,10 @@ pub async fn run(
                     events_rx,
                     events_tx,
                     wake_pending,
-                    loaded,
+                    config,
                     shared,
                     opts,
                     stop,
-                    grace,
                 );
                 if let Err(e) = &r {
                     tracing::error!(error = %e, "forwarder failed; shutting down");
@@ -243,7 +286,7 @@ pub async fn run(
     // ingest task on the same thread instead of waking another one (a futex wake and
     // two context switches per wakeup; docs/BENCHMARKS.md, 3).
     let ingest_result = match tokio::spawn(ingest::run(
-        loaded.clone(),
+        config_rx.clone(),
         wal_tx,
         durable_rx,
         shared.clone(),
@@ -266,7 +309,7 @@ pub async fn run(
     // Then drain Kafka deliveries within the grace period, then let the WAL thread
     // apply the final watermark and sync.
     forward_stop.cancel();
-    let grace = cfg.shutdown.grace_period;
+    let grace = config_rx.borrow().config.shutdown.grace_period;
     let forward_result = tokio::task::spawn_blocking(move || forwarder_thread.join())
         .await
         .map_err(anyhow::Error::from)?;
@@ -290,9 +333,7 @@ pub async fn run(
     );
     state::set(&shared.mqtt_last_error, None);
     admin_token.cancel();
-    if let Some(t) = admin_task {
-        let _ = t.await;
-    }
+    let _ = admin_task.await;
     ingest_result?;
     match forward_result {
         Ok(r) => r?,

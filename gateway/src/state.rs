@@ -45,6 +45,23 @@ pub struct Counters {
     pub kafka_delivery_errors: AtomicU64,
     /// Producers rebuilt after a fatal or unrecoverable error.
     pub kafka_producer_rebuilds: AtomicU64,
+    /// Configuration reloads applied (SIGHUP).
+    pub config_reloads: AtomicU64,
+    /// Configuration reloads refused (a bad file; the running configuration stayed).
+    pub config_reload_errors: AtomicU64,
+}
+
+/// The configuration file as the gateway runs it.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigStatus {
+    /// The file, if the gateway was started with one.
+    pub path: Option<String>,
+    /// When it was last reloaded (SIGHUP), Unix ms.
+    pub reloaded_at_ms: Option<u64>,
+    /// Why the last reload was refused, if it was.
+    pub last_error: Option<String>,
+    /// Keys changed in the file that take effect only at the next start.
+    pub restart_needed: Vec<String>,
 }
 
 /// Upper bounds (seconds) of the WAL commit duration histogram. 20 ms is the
@@ -214,6 +231,8 @@ pub struct Shared {
     pub mqtt_session_lost: Mutex<Option<SessionLost>>,
     /// The broker's own counters (`mqtt.broker_stats`).
     pub broker_stats: Mutex<BrokerStats>,
+    /// The configuration file and its reloads.
+    pub config: Mutex<ConfigStatus>,
     /// How long a lost session keeps `/readyz` failing (`mqtt.session_lost_alert`).
     pub session_lost_alert: Mutex<Duration>,
     /// Last MQTT error, if any.
@@ -247,6 +266,7 @@ impl Default for Shared {
             mqtt_qos2_pending: AtomicU64::new(0),
             mqtt_session_lost: Mutex::new(None),
             broker_stats: Mutex::new(BrokerStats::default()),
+            config: Mutex::new(ConfigStatus::default()),
             session_lost_alert: Mutex::new(Duration::from_secs(300)),
             mqtt_last_error: Mutex::new(None),
             wal_writable: AtomicBool::new(true),
@@ -303,6 +323,20 @@ pub struct SessionLost {
 }
 
 impl Shared {
+    /// Record a reload of the configuration file: applied (`Ok`, with the keys that
+    /// wait for a restart) or refused.
+    pub fn config_reloaded(&self, result: Result<(), String>, restart_needed: Vec<String>) {
+        let mut c = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        c.reloaded_at_ms = Some(unix_ms());
+        match result {
+            Ok(()) => {
+                c.last_error = None;
+                c.restart_needed = restart_needed;
+            }
+            Err(e) => c.last_error = Some(e),
+        }
+    }
+
     /// Record that the broker lost the persistent session.
     pub fn session_lost(&self, message: String) {
         let lost = SessionLost {
@@ -453,8 +487,19 @@ impl admin::Source for AdminView {
                 wal_records_expired: c.wal_records_expired.load(Relaxed),
                 kafka_delivery_errors: c.kafka_delivery_errors.load(Relaxed),
                 kafka_producer_rebuilds: c.kafka_producer_rebuilds.load(Relaxed),
+                config_reloads: c.config_reloads.load(Relaxed),
+                config_reload_errors: c.config_reload_errors.load(Relaxed),
             },
             wal_commit_seconds: s.commit_times.histogram(),
+            config: {
+                let c = s.config.lock().unwrap_or_else(|e| e.into_inner());
+                admin::ConfigStatus {
+                    path: c.path.clone(),
+                    reloaded_at_ms: c.reloaded_at_ms,
+                    last_reload_error: c.last_error.clone(),
+                    restart_needed: c.restart_needed.clone(),
+                }
+            },
         }
     }
 }

@@ -209,6 +209,8 @@ pub struct WriterOptions {
     pub min_free_space: u64,
     /// Caps and age limit (`policy`).
     pub limits: Limits,
+    /// The running configuration, for the limits changed by a reload (`reload`).
+    pub reload: Option<watch::Receiver<Arc<crate::config::Loaded>>>,
 }
 
 /// Free bytes for unprivileged users on the filesystem holding `path`.
@@ -268,7 +270,7 @@ pub fn run(
     mut rx: Inbox,
     durable: watch::Sender<u64>,
     shared: Arc<Shared>,
-    opts: WriterOptions,
+    mut opts: WriterOptions,
     abort: CancellationToken,
     on_append: impl Fn(),
 ) {
@@ -314,6 +316,11 @@ pub fn run(
 
     while !closed {
         shared.heartbeats.wal.beat();
+        if let Some(rx) = opts.reload.as_mut() {
+            if rx.has_changed().unwrap_or(false) {
+                opts.limits = rx.borrow_and_update().config.wal.limits();
+            }
+        }
         if opts.limits.max_age.is_some() && last_expiry.elapsed() >= EXPIRY_EVERY {
             last_expiry = Instant::now();
             let mut ctx = retry!();
@@ -1124,6 +1131,7 @@ mod tests {
             idle_sync: Duration::from_secs(1),
             min_free_space: 0,
             limits: Default::default(),
+            reload: None,
         };
         let shared = Arc::new(Shared::default());
         let thread = std::thread::spawn({

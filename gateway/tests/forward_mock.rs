@@ -51,7 +51,7 @@ impl Rig {
         wal.append(&recs).unwrap();
 
         let loaded = Config::from_toml(
-            &format!("[kafka]\nbootstrap_servers = \"{bootstrap}\"\ntopic = \"mock\"\n[forward]\nmax_in_flight_records = 500\n{forward}"),
+            &format!("[kafka]\nbootstrap_servers = \"{bootstrap}\"\ntopic = \"mock\"\n[shutdown]\ngrace_period = \"5s\"\n[forward]\nmax_in_flight_records = 500\n{forward}"),
             "test",
         )
         .unwrap();
@@ -80,6 +80,7 @@ impl Rig {
                         idle_sync: Duration::from_millis(100),
                         min_free_space: 0,
                         limits: Default::default(),
+                        reload: None,
                     },
                     CancellationToken::new(),
                     || {},
@@ -96,11 +97,10 @@ impl Rig {
                     events_rx,
                     events_tx,
                     wake,
-                    loaded,
+                    tokio::sync::watch::channel(loaded).1,
                     shared,
                     opts,
                     stop,
-                    Duration::from_secs(5),
                 )
             })
         };

@@ -400,14 +400,29 @@ impl Gateway {
         self.runs += 1;
         let log =
             std::fs::File::create(self.dir.join(format!("gateway-{}.log", self.runs))).unwrap();
-        let child = Command::new(&self.bin)
+        // RUST_LOG is MKG_TEST_LOG or "info"; a test that passes RUST_LOG = "" runs
+        // without it (the config file's `log` then applies).
+        let rust_log = self
+            .env
+            .iter()
+            .find(|(k, _)| k == "RUST_LOG")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| std::env::var("MKG_TEST_LOG").unwrap_or_else(|_| "info".into()));
+        let mut cmd = Command::new(&self.bin);
+        if rust_log.is_empty() {
+            cmd.env_remove("RUST_LOG");
+        } else {
+            cmd.env("RUST_LOG", rust_log);
+        }
+        let child = cmd
             .args(["run", "--config"])
             .arg(&self.config)
-            .env(
-                "RUST_LOG",
-                std::env::var("MKG_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            .envs(
+                self.env
+                    .iter()
+                    .filter(|(k, _)| k != "RUST_LOG")
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
             )
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -103,7 +103,10 @@ pub fn healthy() -> Snapshot {
             wal_records_expired: 116,
             kafka_delivery_errors: 109,
             kafka_producer_rebuilds: 110,
+            config_reloads: 117,
+            config_reload_errors: 118,
         },
+        config: admin::ConfigStatus::default(),
         wal_commit_seconds: Histogram {
             buckets: vec![(0.001, 100), (0.02, 104)],
             sum: 0.125,

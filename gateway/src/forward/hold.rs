@@ -97,6 +97,11 @@ impl Holds {
         }
     }
 
+    /// Change the grace (a configuration reload).
+    pub fn set_grace(&mut self, grace: Duration) {
+        self.grace = grace;
+    }
+
     /// True when no topic is refused.
     pub fn is_empty(&self) -> bool {
         self.topics.is_empty()

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{Producer, PurgeConfig, ThreadedProducer};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use wal::Wal;
 
@@ -62,6 +62,8 @@ struct Forwarder {
     events: stdmpsc::Receiver<Event>,
     events_tx: stdmpsc::Sender<Event>,
     wake_pending: Arc<AtomicBool>,
+    /// The running configuration; a reload replaces it (routes, key, forward limits).
+    config: watch::Receiver<Arc<Loaded>>,
     loaded: Arc<Loaded>,
     router: Router,
     shared: Arc<Shared>,
@@ -106,12 +108,12 @@ pub fn run(
     events: stdmpsc::Receiver<Event>,
     events_tx: stdmpsc::Sender<Event>,
     wake_pending: Arc<AtomicBool>,
-    loaded: Arc<Loaded>,
+    mut config: watch::Receiver<Arc<Loaded>>,
     shared: Arc<Shared>,
     opts: ForwardOptions,
     shutdown: CancellationToken,
-    grace: Duration,
 ) -> anyhow::Result<()> {
+    let loaded = config.borrow_and_update().clone();
     let fatal = Arc::new(AtomicBool::new(false));
     let want_topics = Arc::new(AtomicBool::new(false));
     let producer = producer(
@@ -141,6 +143,7 @@ pub fn run(
         events,
         events_tx,
         wake_pending,
+        config,
         loaded,
         shared,
         opts,
@@ -163,15 +166,17 @@ pub fn run(
         suspects: BTreeMap::new(),
         holds_shown: Instant::now(),
     };
-    f.run(shutdown, grace)
+    f.run(shutdown)
 }
 
 impl Forwarder {
-    fn run(&mut self, shutdown: CancellationToken, grace: Duration) -> anyhow::Result<()> {
+    fn run(&mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut drain_deadline: Option<Instant> = None;
         loop {
             self.shared.heartbeats.forward.beat();
+            self.reconfigure();
             if shutdown.is_cancelled() {
+                let grace = self.loaded.config.shutdown.grace_period;
                 let deadline = *drain_deadline.get_or_insert_with(|| {
                     tracing::info!(
                         in_flight = self.window.in_flight(),
@@ -355,6 +360,20 @@ impl Forwarder {
             .producer
             .client()
             .fetch_metadata(Some(topic), Duration::from_millis(100));
+    }
+
+    /// Take a reloaded configuration: routes, key, forward limits, grace. Records in
+    /// flight keep the topic they were sent to; the next ones read follow the new
+    /// routes.
+    fn reconfigure(&mut self) {
+        if !self.config.has_changed().unwrap_or(false) {
+            return;
+        }
+        let loaded = self.config.borrow_and_update().clone();
+        self.router = loaded.router.clone();
+        self.opts = crate::run::forward_options(&loaded);
+        self.holds.set_grace(self.opts.unknown_topic_grace);
+        self.loaded = loaded;
     }
 
     /// Copy the window's state to the admin view.

@@ -48,6 +48,11 @@ impl Watch {
         }
     }
 
+    /// Take the filters of `new` (a configuration reload), keeping what was learned.
+    pub fn refilter(&mut self, new: Watch) {
+        self.covered = new.covered;
+    }
+
     /// Filters to subscribe to (QoS 0) besides the user's.
     pub fn filters(&self) -> impl Iterator<Item = &'static str> + '_ {
         TOPICS

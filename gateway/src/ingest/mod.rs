@@ -78,6 +78,8 @@ fn now_ms() -> u64 {
 
 /// The ingest task's state.
 struct Ingest {
+    /// The running configuration; a reload changes the subscriptions.
+    config: watch::Receiver<Arc<Loaded>>,
     loaded: Arc<Loaded>,
     wal_tx: mpsc::Sender<WalCmd>,
     durable: watch::Receiver<u64>,
@@ -101,13 +103,14 @@ struct Ingest {
 /// Run MQTT ingest until `shutdown` is cancelled; then acknowledge what is already
 /// durable, disconnect and return. `session` is the WAL's MQTT session state.
 pub async fn run(
-    loaded: Arc<Loaded>,
+    mut config: watch::Receiver<Arc<Loaded>>,
     wal_tx: mpsc::Sender<WalCmd>,
     durable: watch::Receiver<u64>,
     shared: Arc<Shared>,
     session: wal::MqttSession,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let loaded = config.borrow_and_update().clone();
     let m = &loaded.config.mqtt;
     let (client, mut eventloop) =
         AsyncClient::new(mqtt_options(&loaded, &loaded.servers[0])?, 65_536);
@@ -118,20 +121,10 @@ pub async fn run(
     shared
         .mqtt_qos2_pending
         .store(session.qos2_pending() as u64, Relaxed);
-    let mut subscriptions: Vec<_> = m
-        .topics
-        .iter()
-        .map(|t| rumqttc::SubscribeFilter::new(t.filter.clone(), to_qos(t.qos)))
-        .collect();
-    let user_subscriptions = subscriptions.len();
-    let broker = m
-        .broker_stats
-        .then(|| Watch::new(m.topics.iter().map(|t| t.filter.as_str())));
-    for f in broker.iter().flat_map(|w| w.filters()) {
-        subscriptions.push(rumqttc::SubscribeFilter::new(f.into(), QoS::AtMostOnce));
-    }
+    let (subscriptions, user_subscriptions, broker) = subscriptions(&loaded);
     let mut ingest = Ingest {
         acker: Acker::new(m.connection_timeout.max(Duration::from_secs(1))),
+        config,
         loaded: loaded.clone(),
         wal_tx,
         durable,
@@ -152,7 +145,67 @@ pub async fn run(
     Ok(())
 }
 
+/// The subscriptions of `loaded`: the user's, then those of the broker-stats watch;
+/// how many are the user's; the watch.
+fn subscriptions(loaded: &Loaded) -> (Vec<rumqttc::SubscribeFilter>, usize, Option<Watch>) {
+    let m = &loaded.config.mqtt;
+    let mut subscriptions: Vec<_> = m
+        .topics
+        .iter()
+        .map(|t| rumqttc::SubscribeFilter::new(t.filter.clone(), to_qos(t.qos)))
+        .collect();
+    let user = subscriptions.len();
+    let broker = m
+        .broker_stats
+        .then(|| Watch::new(m.topics.iter().map(|t| t.filter.as_str())));
+    for f in broker.iter().flat_map(|w| w.filters()) {
+        subscriptions.push(rumqttc::SubscribeFilter::new(f.into(), QoS::AtMostOnce));
+    }
+    (subscriptions, user, broker)
+}
+
 impl Ingest {
+    /// Take a reloaded configuration: subscribe to what is new or changed, unsubscribe
+    /// from what is gone (the broker keeps the persistent session's subscriptions
+    /// across reconnects, so a removed filter must be unsubscribed).
+    fn reconfigure(&mut self) {
+        let loaded = self.config.borrow_and_update().clone();
+        let (subscriptions, user, broker) = subscriptions(&loaded);
+        self.loaded = loaded;
+        if subscriptions == self.subscriptions {
+            return;
+        }
+        let gone: Vec<String> = self
+            .subscriptions
+            .iter()
+            .filter(|old| !subscriptions.iter().any(|s| s.path == old.path))
+            .map(|s| s.path.clone())
+            .collect();
+        tracing::info!(
+            subscriptions = %subscriptions.iter().map(|s| format!("{} (QoS {})", s.path, qos_u8(s.qos))).collect::<Vec<_>>().join(", "),
+            unsubscribed = %gone.join(", "),
+            "MQTT subscriptions changed by the configuration reload"
+        );
+        self.subscriptions = subscriptions;
+        self.user_subscriptions = user;
+        // Keep what the watch learned about the broker's counters.
+        match (self.broker.as_mut(), broker) {
+            (Some(w), Some(new)) => w.refilter(new),
+            (_, new) => self.broker = new,
+        }
+        if self.connected {
+            for f in gone {
+                if let Err(e) = self.client.try_unsubscribe(f) {
+                    tracing::error!(error = %e, "cannot queue UNSUBSCRIBE");
+                }
+            }
+            self.shared.mqtt_subscribed.store(false, Relaxed);
+            if let Err(e) = self.client.try_subscribe_many(self.subscriptions.clone()) {
+                tracing::error!(error = %e, "cannot queue SUBSCRIBE");
+            }
+        }
+    }
+
     /// The receive loop, until shutdown.
     async fn serve(&mut self) -> anyhow::Result<()> {
         let mut backoff = backoff::ExponentialBackoff {
@@ -169,6 +222,7 @@ impl Ingest {
         let quick_timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(quick_timer);
         let mut quick_armed: Option<std::time::Instant> = None;
+        let mut config_open = true;
 
         loop {
             let due = quick.due();
@@ -191,6 +245,14 @@ impl Ingest {
                 // A deferred quick TCP ACK (quickack.rs).
                 _ = &mut quick_timer, if quick_armed.is_some() => {
                     quick.fire();
+                    continue;
+                }
+                r = self.config.changed(), if config_open => {
+                    match r {
+                        Ok(()) => self.reconfigure(),
+                        // No more reloads (the sender is gone with the runtime).
+                        Err(_) => config_open = false,
+                    }
                     continue;
                 }
                 ev = state::beating(&self.shared.heartbeats.ingest, self.eventloop.poll()) => ev,
