@@ -1,6 +1,6 @@
 //! Soak: a random schedule of faults against real brokers while publishers keep
-//! sending, then the checker's report. Used by `scripts/soak.sh` (any duration) and
-//! by a bounded end-to-end test in CI.
+//! sending (QoS 1 on `soak/#`, QoS 2 on `alarms/#`), then the checker's report. Used by
+//! `scripts/soak.sh` (any duration) and by a bounded end-to-end test in CI.
 
 use std::fmt;
 use std::path::Path;
@@ -9,9 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::checker::{check_with_faults, now_ms, BacklogSampler, BacklogSeries, FaultEvent};
+use crate::publisher::{publish_resilient_with, ResilientOptions};
+use crate::qos2pub::publish_qos2;
 use crate::{
-    consume, payload, publish, unique, until_distinct, wait_until, Gateway, Kafka, Mosquitto,
-    Published, Report,
+    consume, payload, unique, until_distinct, wait_until, Gateway, Kafka, Mosquitto, Published,
+    Report,
 };
 
 /// Faults the soak injects.
@@ -25,6 +27,8 @@ pub enum Fault {
     KillKafka,
     /// SIGSTOP Kafka for a while, then SIGCONT.
     PauseKafka,
+    /// SIGTERM Mosquitto (it saves its persistence file) and start it again.
+    RestartMosquitto,
 }
 
 /// The soak's result.
@@ -52,12 +56,13 @@ impl fmt::Display for SoakReport {
         writeln!(f, "soak: {:.0?} elapsed", self.elapsed)?;
         writeln!(
             f,
-            "faults: {} (gateway SIGKILL {}, gateway SIGTERM {}, Kafka SIGKILL {}, Kafka SIGSTOP {})",
+            "faults: {} (gateway SIGKILL {}, gateway SIGTERM {}, Kafka SIGKILL {}, Kafka SIGSTOP {}, Mosquitto restart {})",
             self.faults.len(),
             count(Fault::KillGateway),
             count(Fault::TermGateway),
             count(Fault::KillKafka),
-            count(Fault::PauseKafka)
+            count(Fault::PauseKafka),
+            count(Fault::RestartMosquitto)
         )?;
         writeln!(
             f,
@@ -106,6 +111,7 @@ server_uris = ["tcp://127.0.0.1:{}"]
 client_id = "{}"
 keep_alive = "5s"
 reconnect_max_delay = "1s"
+topics = [{{ filter = "soak/#", qos = 1 }}, {{ filter = "alarms/#", qos = 2 }}]
 [kafka]
 bootstrap_servers = "{}"
 topic = "{topic}"
@@ -123,13 +129,19 @@ grace_period = "5s"
     let mut gw = Gateway::start(bin, dir.path(), &cfg);
     gw.wait_ready();
 
-    // Publishers: chunks of messages over 8 device topics, until told to stop.
+    // Publishers, until told to stop: QoS 1 over 8 device topics (~2,000 msg/s) and
+    // QoS 2 over 4 alarm topics (~500 msg/s), each with a persistent session that
+    // rides out Mosquitto restarts. The point is faults, not throughput.
     let stop = Arc::new(AtomicBool::new(false));
     let published: Arc<Mutex<Vec<Published>>> = Arc::default();
-    let publisher = {
+    let publisher = |name: &'static str, qos: u8, per_chunk: u64, topics: u64| {
         let (stop, published, port) = (stop.clone(), published.clone(), m.port);
         std::thread::spawn(move || {
-            // Paced at about 2,500 messages/s: the point is faults, not throughput.
+            let opts = ResilientOptions {
+                client_id: unique(&format!("soak-{name}")),
+                rate_per_sec: 0,
+                ..ResilientOptions::default()
+            };
             let mut seq = 0u64;
             let mut next = Instant::now();
             while !stop.load(Ordering::Relaxed) {
@@ -138,18 +150,24 @@ grace_period = "5s"
                     std::thread::sleep(next - now);
                 }
                 next += Duration::from_millis(200);
-                let chunk: Vec<(String, Vec<u8>)> = (0..500)
+                let chunk: Vec<(String, Vec<u8>)> = (0..per_chunk)
                     .map(|i| {
                         let s = seq + i;
-                        (format!("soak/dev{}", s % 8), payload("soak", s, 200))
+                        (format!("{name}/dev{}", s % topics), payload(name, s, 200))
                     })
                     .collect();
-                seq += 500;
-                let acked = publish(port, 1, &chunk, Duration::from_secs(60));
+                seq += per_chunk;
+                let timeout = Duration::from_secs(60);
+                let acked = if qos == 2 {
+                    publish_qos2(&opts, port, &chunk, timeout).published
+                } else {
+                    publish_resilient_with(&opts, port, qos, &chunk, timeout).published
+                };
                 published.lock().unwrap().extend(acked);
             }
         })
     };
+    let publishers = [publisher("soak", 1, 400, 8), publisher("alarms", 2, 100, 4)];
 
     let mut faults = Vec::new();
     let mut events: Vec<FaultEvent> = Vec::new();
@@ -157,11 +175,12 @@ grace_period = "5s"
     while started.elapsed() + Duration::from_secs(5) < duration {
         // The time between faults is the schedule itself (the only fixed wait).
         std::thread::sleep(Duration::from_millis(500 + rng.below(2500)));
-        let fault = match rng.below(4) {
+        let fault = match rng.below(5) {
             0 => Fault::KillGateway,
             1 => Fault::TermGateway,
             2 => Fault::KillKafka,
-            _ => Fault::PauseKafka,
+            3 => Fault::PauseKafka,
+            _ => Fault::RestartMosquitto,
         };
         faults.push((started.elapsed(), fault));
         let fault_start = now_ms();
@@ -196,6 +215,11 @@ grace_period = "5s"
                     crate::kill(pid, libc::SIGCONT);
                 }
             }
+            Fault::RestartMosquitto => {
+                m.kill(libc::SIGTERM);
+                m.start_again();
+                gw.wait_ready();
+            }
         }
         events.push(FaultEvent {
             at_ms: fault_start,
@@ -204,7 +228,9 @@ grace_period = "5s"
         });
     }
     stop.store(true, Ordering::Relaxed);
-    publisher.join().expect("publisher");
+    for p in publishers {
+        p.join().expect("publisher");
+    }
     let last_fault_end = Instant::now();
     let last_fault_end_ms = now_ms();
     let published = std::mem::take(&mut *published.lock().unwrap());
