@@ -102,6 +102,11 @@ impl Holds {
         self.grace = grace;
     }
 
+    /// True when a topic was released and waits for a delivery to end its hold.
+    pub fn any_released(&self) -> bool {
+        self.topics.values().any(|h| h.stage == Stage::Released)
+    }
+
     /// True when no topic is refused.
     pub fn is_empty(&self) -> bool {
         self.topics.is_empty()

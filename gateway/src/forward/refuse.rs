@@ -112,7 +112,7 @@ impl Forwarder {
                  (create the topic, or allow the gateway to write it)"
             );
         }
-        self.want_topics.store(true, Relaxed);
+        self.want_topics.store(self.holds.any_released(), Relaxed);
         self.show_holds();
     }
 
@@ -126,7 +126,7 @@ impl Forwarder {
                 parked = h.parked,
                 "Kafka accepts this topic again"
             );
-            self.want_topics.store(!self.holds.is_empty(), Relaxed);
+            self.want_topics.store(self.holds.any_released(), Relaxed);
             self.show_holds();
         }
     }
@@ -164,6 +164,8 @@ impl Forwarder {
                 Verdict::Wait => {}
             }
         }
+        // Only a released topic waits for a delivery to end its hold.
+        self.want_topics.store(self.holds.any_released(), Relaxed);
         self.show_holds();
     }
 
