@@ -218,6 +218,97 @@ grace_period = "100ms"
         .unwrap();
 }
 
+/// The packets read in the same batch as a broken one are stored, but never
+/// acknowledged on the next connection (their packet ids belong to the old one; a
+/// broker that counts such acknowledgements as free in-flight slots reorders its
+/// queue): only the broker's resends are acknowledged, once each, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packets_read_before_a_broken_connection_are_not_acknowledged_on_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cfg = format!(
+        r#"
+[mqtt]
+server_uris = ["tcp://127.0.0.1:{port}"]
+client_id = "stale-test"
+reconnect_min_delay = "10ms"
+reconnect_max_delay = "50ms"
+topics = [{{ filter = "alarms/#", qos = 2 }}]
+broker_stats = false
+[kafka]
+bootstrap_servers = "127.0.0.1:9"
+[wal]
+dir = "{}"
+[admin]
+listen = "127.0.0.1:0"
+[shutdown]
+grace_period = "100ms"
+"#,
+        dir.path().join("wal").display()
+    );
+    let loaded = Config::from_toml(&cfg, "test.toml").unwrap();
+    let shutdown = CancellationToken::new();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let gw = tokio::spawn(gateway::run::run(loaded, shutdown.clone(), move |r| {
+        let _ = ready_tx.send(r.admin_addr.unwrap());
+    }));
+    let admin = ready_rx.await.unwrap();
+    let q1 = |pkid: u16, dup: bool| {
+        let mut p = Publish::new("alarms/x", QoS::AtLeastOnce, vec![pkid as u8]);
+        p.pkid = pkid;
+        p.dup = dup;
+        Packet::Publish(p)
+    };
+
+    // Three publishes (QoS 1 and QoS 2) and a damaged packet in one segment: the
+    // client reads the three, then fails on the fourth.
+    let mut c = Conn::accept(&listener).await;
+    c.handshake(false).await;
+    let mut out = BytesMut::new();
+    for p in [q1(1, false), q1(2, false), publish(3, false, "q2")] {
+        p.write(&mut out, MAX).unwrap();
+    }
+    out.extend_from_slice(&[0x00, 0x00]);
+    c.sock.write_all(&out).await.unwrap();
+
+    // The broker resends them (DUP), then a new message.
+    let mut c = Conn::accept(&listener).await;
+    c.handshake(true).await;
+    for p in [
+        q1(1, true),
+        q1(2, true),
+        publish(3, true, "q2"),
+        q1(4, false),
+    ] {
+        c.write(p).await;
+    }
+    let mut acks = Vec::new();
+    while acks.len() < 4 {
+        match c.next().await {
+            Packet::PubAck(a) => acks.push(a.pkid),
+            Packet::PubRec(r) => acks.push(r.pkid),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        acks,
+        vec![1, 2, 3, 4],
+        "acknowledgements of the old connection were sent"
+    );
+    let s = status(admin).await;
+    // QoS 1: stored when read and again when resent; QoS 2: once.
+    assert_eq!(s["backlog"]["records"], 6, "{s}");
+    assert_eq!(s["counters"]["mqtt_qos2_duplicates"], 1, "{s}");
+    shutdown.cancel();
+    drop(c);
+    tokio::time::timeout(WAIT, gw)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
 /// The broker lost the session: said loudly, and the exchanges it forgot are
 /// forgotten here too (a new message reusing a packet id is stored).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

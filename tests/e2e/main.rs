@@ -18,6 +18,7 @@ mod common;
 mod config_errors;
 mod faults;
 mod mosquitto_restart;
+mod order;
 mod outage;
 mod policies;
 mod qos2;
@@ -107,6 +108,7 @@ fn main() {
         mosquitto_restart::mosquitto_restarts_lose_nothing,
         qos2::qos2_exactly_once_into_the_wal_across_crashes_and_restarts,
         broker_state::broker_drops_and_lost_sessions_are_visible,
+        order::mosquitto_restart_while_draining_a_backlog_keeps_order,
         policies::wal_cap_drops_the_oldest_during_an_outage,
         policies::wal_cap_blocks_then_loses_nothing,
         policies::expired_records_are_dead_lettered_or_dropped,

@@ -283,6 +283,7 @@ impl Ingest {
                 Ok(_) => {}
                 Err(e) => {
                     quick.detach();
+                    self.take_stale_events().await?;
                     self.on_connection_error(&e)?;
                     let delay = backoff
                         .next_backoff()
@@ -299,6 +300,28 @@ impl Ingest {
                 self.send_acks().await;
             }
         }
+    }
+
+    /// The packets rumqttc read in its last batch before the connection failed stay in
+    /// its state (`MqttState::events`; `clean()` keeps them) and would come out of
+    /// `poll()` after the next CONNACK, looking like arrivals on the new connection:
+    /// their PUBACK / PUBREC would go out on it, for packet ids of the old one.
+    /// Mosquitto 2.0.11 counts each such acknowledgement as a free in-flight slot
+    /// without moving its queue on, and the next message a publisher sends then
+    /// overtakes everything queued for the gateway (per-key order broken after a
+    /// broker restart, `tests/e2e/order.rs`). So take them now, while the old
+    /// connection is still the acker's: the publishes are stored and their
+    /// acknowledgements dropped with the connection (the broker resends them; a QoS 2
+    /// resend is recognised by its packet id), anything else is dropped (a PUBREL is
+    /// resent too).
+    async fn take_stale_events(&mut self) -> anyhow::Result<()> {
+        let stale: Vec<Event> = self.eventloop.state.events.drain(..).collect();
+        for ev in stale {
+            if let Event::Incoming(Packet::Publish(p)) = ev {
+                self.on_publish(p).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Send an ingest command to the WAL thread (numbered by the acker).
