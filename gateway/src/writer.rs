@@ -662,7 +662,7 @@ impl Retry<'_> {
             if let Some(d) = &room {
                 batch.drop_up_to(d.up_to, d.reason);
             }
-            let result = self.wal.commit(&batch, clone_durability(&durability));
+            let result = self.wal.commit(&batch, durability);
             match result {
                 Ok(outcome) => {
                     if let Some(d) = &room {
@@ -678,6 +678,15 @@ impl Retry<'_> {
                         state::set(&self.shared.wal_last_error, None);
                     }
                     return Some((outcome, durability, limit));
+                }
+                Err(CommitError::Invariant(why)) => {
+                    // A bug, not the disk: retrying or reopening would not help, and
+                    // nothing of the batch was acknowledged. Stop; the next start
+                    // replays the WAL.
+                    tracing::error!(error = %why, "WAL invariant violated; stopping the WAL thread");
+                    state::set(&self.shared.wal_last_error, Some(why));
+                    self.abort.cancel();
+                    return None;
                 }
                 Err(CommitError::AckBeyondEnd { ack: a, next_seq }) => {
                     // A bug upstream; never delete what was not assigned. Drop the ack.
@@ -993,13 +1002,6 @@ impl Retry<'_> {
                 let _ = self.wal.reopen();
             }
         }
-    }
-}
-
-fn clone_durability(d: &Durability) -> Durability {
-    match d {
-        Durability::None => Durability::None,
-        _ => Durability::Immediate,
     }
 }
 

@@ -1,6 +1,77 @@
-//! Typed errors: one enum per operation, all converting into [`Error`].
+//! Typed errors: one enum per operation, all converting into [`Error`]. The storage
+//! engine underneath (redb) stays out of them: a [`StorageError`] says what a caller
+//! needs to know (an I/O error and its kind, a full disk, a closed WAL).
 
 use std::path::PathBuf;
+
+/// A failure of the storage under the WAL: the disk, the files, or the database
+/// engine. After one, a commit must be retried after [`crate::Wal::reopen`].
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct StorageError(Box<Inner>);
+
+#[derive(Debug, thiserror::Error)]
+enum Inner {
+    #[error("{0}")]
+    Io(std::io::Error),
+    #[error("{0}")]
+    Engine(redb::Error),
+    #[error("the WAL is closed: the last reopen failed")]
+    Closed,
+}
+
+impl StorageError {
+    pub(crate) fn closed() -> Self {
+        Self(Box::new(Inner::Closed))
+    }
+
+    /// The I/O error underneath, if there is one.
+    pub fn io(&self) -> Option<&std::io::Error> {
+        match &*self.0 {
+            Inner::Io(e) => Some(e),
+            Inner::Engine(redb::Error::Io(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// True when the filesystem is full.
+    pub fn is_disk_full(&self) -> bool {
+        self.io()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::StorageFull)
+    }
+
+    /// True while a failed reopen left the WAL closed.
+    pub fn is_closed(&self) -> bool {
+        matches!(
+            &*self.0,
+            Inner::Closed | Inner::Engine(redb::Error::DatabaseClosed)
+        )
+    }
+}
+
+impl From<std::io::Error> for StorageError {
+    fn from(e: std::io::Error) -> Self {
+        Self(Box::new(Inner::Io(e)))
+    }
+}
+
+macro_rules! engine_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StorageError {
+            fn from(e: $t) -> Self {
+                Self(Box::new(Inner::Engine(e.into())))
+            }
+        }
+    )*};
+}
+engine_errors!(
+    redb::Error,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::DatabaseError
+);
 
 /// Opening the WAL failed.
 #[derive(Debug, thiserror::Error)]
@@ -19,7 +90,7 @@ pub enum OpenError {
     Corrupted {
         /// The damaged file.
         path: PathBuf,
-        /// What redb said.
+        /// What is wrong.
         detail: String,
     },
     /// Another process has the file open.
@@ -44,7 +115,7 @@ pub enum OpenError {
         /// The file.
         path: PathBuf,
         /// The underlying error.
-        source: Box<redb::Error>,
+        source: StorageError,
     },
 }
 
@@ -73,7 +144,7 @@ impl OpenError {
             },
             other => OpenError::Storage {
                 path,
-                source: Box::new(other.into()),
+                source: other.into(),
             },
         }
     }
@@ -89,10 +160,11 @@ impl OpenError {
 #[non_exhaustive]
 pub enum CommitError {
     /// Storage failed (disk full, I/O error...). After this, call [`crate::Wal::reopen`]
-    /// before retrying: redb refuses writes after a failed commit.
+    /// before retrying: the engine refuses writes after a failed commit.
     #[error("WAL storage error: {0}")]
-    Storage(#[from] redb::Error),
-    /// The batch acknowledged a sequence that was never assigned (a caller bug).
+    Storage(#[from] StorageError),
+    /// The batch acknowledged (or dropped) a sequence that was never assigned (a
+    /// caller bug).
     #[error("acknowledged sequence {ack} but the next sequence is {next_seq}")]
     AckBeyondEnd {
         /// The acknowledged sequence.
@@ -103,29 +175,20 @@ pub enum CommitError {
     /// An MQTT topic longer than the format can hold.
     #[error("topic of {0} bytes is longer than 65535 bytes")]
     TopicTooLong(usize),
+    /// An invariant of the WAL does not hold (a bug): not a storage failure, so a
+    /// reopen and a retry would not help.
+    #[error("WAL invariant violated: {0}")]
+    Invariant(String),
 }
 
 impl CommitError {
-    /// True when the disk is full (ENOSPC).
+    /// True when the disk is full.
     pub fn is_disk_full(&self) -> bool {
-        self.io_error()
-            .is_some_and(|e| e.raw_os_error() == Some(libc_enospc()))
-    }
-
-    /// The underlying I/O error, if there is one.
-    pub fn io_error(&self) -> Option<&std::io::Error> {
-        match self {
-            CommitError::Storage(redb::Error::Io(e)) => Some(e),
-            _ => None,
-        }
+        matches!(self, CommitError::Storage(e) if e.is_disk_full())
     }
 }
 
-const fn libc_enospc() -> i32 {
-    28 // ENOSPC on Linux, all architectures
-}
-
-macro_rules! storage_from {
+macro_rules! storage_errors {
     ($target:ident: $($t:ty),*) => {$(
         impl From<$t> for $target {
             fn from(e: $t) -> Self {
@@ -134,7 +197,7 @@ macro_rules! storage_from {
         }
     )*};
 }
-storage_from!(CommitError: redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+storage_errors!(CommitError: redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError, std::io::Error);
 
 /// A read failed.
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +205,7 @@ storage_from!(CommitError: redb::TransactionError, redb::TableError, redb::Stora
 pub enum ReadError {
     /// Storage failed.
     #[error("WAL read error: {0}")]
-    Storage(#[from] redb::Error),
+    Storage(#[from] StorageError),
     /// A stored value does not decode.
     #[error("WAL file {path}: record {seq} is damaged: {reason}")]
     Corrupted {
@@ -154,7 +217,7 @@ pub enum ReadError {
         reason: String,
     },
 }
-storage_from!(ReadError: redb::TransactionError, redb::TableError, redb::StorageError);
+storage_errors!(ReadError: redb::TransactionError, redb::TableError, redb::StorageError);
 
 /// Any WAL error.
 #[derive(Debug, thiserror::Error)]
@@ -169,4 +232,19 @@ pub enum Error {
     /// A read failed.
     #[error(transparent)]
     Read(#[from] ReadError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_recognised_by_its_kind() {
+        let full = StorageError::from(std::io::Error::from_raw_os_error(28));
+        assert!(full.is_disk_full());
+        let engine = StorageError::from(redb::Error::Io(std::io::Error::from_raw_os_error(28)));
+        assert!(CommitError::Storage(engine).is_disk_full());
+        assert!(!StorageError::from(std::io::Error::other("eio")).is_disk_full());
+        assert!(StorageError::closed().is_closed());
+    }
 }

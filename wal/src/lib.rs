@@ -39,6 +39,18 @@
 //!
 //! Changing a table name, a meta key or the record encoding in [`format`] needs a
 //! format version bump ([`format::FORMAT_VERSION`]).
+//!
+//! # Threads and locks
+//! One thread commits (the gateway's WAL thread); others read and take statistics
+//! concurrently. Three locks, always taken in this order, never the other way:
+//! 1. `db` (read-write): read for a commit, a checkpoint and every read; write only
+//!    for [`Wal::reopen`], which swaps the database and the journal;
+//! 2. `writer` (mutex): what only commits use: the journal, the frame being built, the
+//!    encoding buffer;
+//! 3. `stats` and `recovery` (mutexes, leaves): held for a copy, nothing taken inside.
+//!
+//! The storage engine (redb) stays inside the crate: its types are not in the API
+//! ([`Storage`] for custom backends, [`StorageError`] for its failures).
 
 #![warn(missing_docs)]
 
@@ -46,26 +58,42 @@ pub mod format;
 pub mod journal;
 pub mod session;
 
+mod batch;
 mod error;
 #[cfg(feature = "failpoints")]
 pub mod faults;
+mod read;
+mod recover;
+mod storage;
 
-pub use error::{CommitError, Error, OpenError, ReadError};
+pub use batch::{CommitOutcome, DropReason, Dropped, WriteBatch};
+pub use error::{CommitError, Error, OpenError, ReadError, StorageError};
 pub use format::{DeadLetter, Record, RecordRef};
-pub use redb::Durability;
 pub use session::MqttSession;
+pub use storage::Storage;
 
-use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, RwLock};
-use std::time::Duration;
+use std::sync::{Mutex, RwLock};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::Database;
 
 use format::{DEAD_LETTER, META, MQTT_QOS2, RECORDS};
-use journal::{FrameBuilder, Journal, Tail};
-use session::{ApplyError, BatchChange};
+use journal::{FrameBuilder, Tail};
+use recover::{apply_frame, recover, refresh_ends, Tables};
+use session::ApplyError;
+use storage::{broken_journal, build_database, open_database, open_journal, sync_journal};
+use storage::{Backend, JournalState};
+
+/// When a commit's changes are on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Visible to readers at once, on disk after the next durable commit or
+    /// [`Wal::sync`]; a power cut before that may undo it.
+    None,
+    /// On disk when the commit returns.
+    Immediate,
+}
 
 /// File name of the redb database inside the WAL directory.
 pub const FILE_NAME: &str = "wal.redb";
@@ -111,28 +139,6 @@ pub struct Recovery {
     pub torn_tail: Option<String>,
 }
 
-/// The journal and what belongs to it, behind one lock: frames go out in commit order.
-#[derive(Debug)]
-struct JournalState {
-    journal: Journal,
-    path: PathBuf,
-    /// Number of the last frame committed (or checkpointed).
-    lsn: u64,
-    /// A write or sync failed: commits fail until [`Wal::reopen`].
-    broken: bool,
-}
-
-impl JournalState {
-    fn new(file: Box<dyn redb::StorageBackend>, path: PathBuf) -> Self {
-        Self {
-            journal: Journal::new(file),
-            path,
-            lsn: 0,
-            broken: false,
-        }
-    }
-}
-
 /// O(1) statistics of the log.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WalStats {
@@ -156,184 +162,6 @@ pub struct WalStats {
     pub dropped: Dropped,
 }
 
-/// Why a policy dropped records ([`WriteBatch::drop_up_to`]). FROZEN codes: they are
-/// in journal frames.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u16)]
-pub enum DropReason {
-    /// The backlog reached its byte cap (`drop_oldest`).
-    MaxBytes = 1,
-    /// The backlog reached its record cap (`drop_oldest`).
-    MaxRecords = 2,
-    /// The records were older than the age limit.
-    MaxAge = 3,
-}
-
-impl DropReason {
-    /// Every reason.
-    pub const ALL: [DropReason; 3] = [
-        DropReason::MaxBytes,
-        DropReason::MaxRecords,
-        DropReason::MaxAge,
-    ];
-
-    pub(crate) fn from_code(code: u16) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| *r as u16 == code)
-    }
-
-    /// Its name, as in metrics labels: `max_bytes`, `max_records`, `max_age`.
-    pub fn name(self) -> &'static str {
-        match self {
-            DropReason::MaxBytes => "max_bytes",
-            DropReason::MaxRecords => "max_records",
-            DropReason::MaxAge => "max_age",
-        }
-    }
-}
-
-/// Records dropped by a policy, by reason (durable counters).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Dropped {
-    /// To stay under the byte cap.
-    pub max_bytes: u64,
-    /// To stay under the record cap.
-    pub max_records: u64,
-    /// For their age.
-    pub max_age: u64,
-}
-
-impl Dropped {
-    /// The counter of `reason`.
-    pub fn get(&self, reason: DropReason) -> u64 {
-        match reason {
-            DropReason::MaxBytes => self.max_bytes,
-            DropReason::MaxRecords => self.max_records,
-            DropReason::MaxAge => self.max_age,
-        }
-    }
-
-    fn add(&mut self, reason: DropReason, n: u64) {
-        match reason {
-            DropReason::MaxBytes => self.max_bytes += n,
-            DropReason::MaxRecords => self.max_records += n,
-            DropReason::MaxAge => self.max_age += n,
-        }
-    }
-
-    /// All reasons together.
-    pub fn total(&self) -> u64 {
-        self.max_bytes + self.max_records + self.max_age
-    }
-}
-
-/// Changes applied in one transaction by [`Wal::commit`], in this order: dead letters,
-/// acknowledged prefix, policy drops, appends, changes to the MQTT session state.
-#[derive(Debug, Default)]
-pub struct WriteBatch<'a> {
-    appends: Vec<RecordRef<'a>>,
-    dead_letters: Vec<(u64, String)>,
-    ack_up_to: Option<u64>,
-    drops: Vec<(u64, DropReason)>,
-    session: Vec<BatchChange>,
-}
-
-impl<'a> WriteBatch<'a> {
-    /// An empty batch.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Append a record; it gets the next sequence number.
-    pub fn append(&mut self, record: RecordRef<'a>) -> &mut Self {
-        self.appends.push(record);
-        self
-    }
-
-    /// Append a record that arrived as MQTT QoS 2 with packet id `pkid`, and remember
-    /// the exchange until [`WriteBatch::release_qos2`] (see [`session`]).
-    pub fn append_qos2(&mut self, record: RecordRef<'a>, pkid: u16) -> &mut Self {
-        self.session.push(BatchChange::Remember {
-            pkid,
-            append: self.appends.len(),
-        });
-        self.appends.push(record);
-        self
-    }
-
-    /// The broker released QoS 2 packet id `pkid`: forget the exchange.
-    pub fn release_qos2(&mut self, pkid: u16) -> &mut Self {
-        self.session.push(BatchChange::Release(pkid));
-        self
-    }
-
-    /// The broker has no session: forget every QoS 2 exchange; what follows belongs to
-    /// session `id` (see [`MqttSession::id`]).
-    pub fn reset_session(&mut self, id: u64) -> &mut Self {
-        self.session.push(BatchChange::Reset(id));
-        self
-    }
-
-    /// Move record `seq` to the dead-letter table with `reason`.
-    pub fn dead_letter(&mut self, seq: u64, reason: impl Into<String>) -> &mut Self {
-        self.dead_letters.push((seq, reason.into()));
-        self
-    }
-
-    /// Delete every record with a sequence `<= seq`: they were acknowledged downstream.
-    pub fn ack_up_to(&mut self, seq: u64) -> &mut Self {
-        self.ack_up_to = Some(self.ack_up_to.map_or(seq, |s| s.max(seq)));
-        self
-    }
-
-    /// Delete every record with a sequence `<= seq` because a configured policy gives
-    /// up on them (not acknowledged downstream): counted by `reason` in
-    /// [`WalStats::dropped`].
-    pub fn drop_up_to(&mut self, seq: u64, reason: DropReason) -> &mut Self {
-        self.drops.push((seq, reason));
-        self
-    }
-
-    /// Number of appends in the batch.
-    pub fn append_count(&self) -> usize {
-        self.appends.len()
-    }
-
-    /// True when the batch changes nothing.
-    pub fn is_empty(&self) -> bool {
-        self.appends.is_empty()
-            && self.dead_letters.is_empty()
-            && self.ack_up_to.is_none()
-            && self.drops.is_empty()
-            && self.session.is_empty()
-    }
-
-    /// Forget everything in the batch, keeping its allocation.
-    pub fn clear(&mut self) {
-        self.appends.clear();
-        self.dead_letters.clear();
-        self.ack_up_to = None;
-        self.drops.clear();
-        self.session.clear();
-    }
-}
-
-/// What one [`Wal::commit`] did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CommitOutcome {
-    /// Sequence of the first appended record (the rest follow contiguously).
-    pub first_appended: Option<u64>,
-    /// Records appended.
-    pub appended: u64,
-    /// Records deleted as acknowledged.
-    pub acked: u64,
-    /// Records moved to the dead-letter table.
-    pub dead_lettered: u64,
-    /// Dead-letter requests for sequences that were not in the log (already gone).
-    pub dead_letter_missing: u64,
-    /// Records dropped by a policy.
-    pub dropped: u64,
-}
-
 /// The write-ahead log. Share it behind an `Arc`: reads run concurrently with a commit.
 #[derive(Debug)]
 pub struct Wal {
@@ -343,15 +171,21 @@ pub struct Wal {
     /// Set while `db` is only a placeholder: a reopen closed the file and failed to
     /// open it again. Commits and reads fail until a reopen succeeds.
     closed: AtomicBool,
+    writer: Mutex<Writer>,
     stats: Mutex<WalStats>,
-    appended: Condvar,
-    encode_buf: Mutex<Vec<u8>>,
-    frame: Mutex<FrameBuilder>,
-    journal: Mutex<Option<JournalState>>,
     /// The journal is bypassed: commits go to redb as without a journal (see
     /// [`Wal::set_direct`]).
     direct: AtomicBool,
     recovery: Mutex<Recovery>,
+}
+
+/// What only commits use, behind one lock (see the lock order above).
+#[derive(Debug, Default)]
+struct Writer {
+    /// The journal, when the WAL has one: frames go out in commit order.
+    journal: Option<JournalState>,
+    frame: FrameBuilder,
+    buf: Vec<u8>,
 }
 
 impl Wal {
@@ -369,28 +203,33 @@ impl Wal {
         Self::assemble(path, options, db, journal)
     }
 
-    /// Open a WAL on a custom storage backend, without a journal (used by crash tests).
+    /// Open a WAL on a custom storage, without a journal (used by crash tests).
     pub fn open_with_backend(
-        backend: impl redb::StorageBackend,
+        storage: impl Storage,
         name: &str,
         options: WalOptions,
     ) -> Result<Self, OpenError> {
-        Self::on_backends(backend, None, name, options)
+        Self::on_backends(storage, None, name, options)
     }
 
-    /// Open a WAL on custom storage backends for the database and the journal (used
-    /// by crash tests).
+    /// Open a WAL on custom storages for the database and the journal (used by crash
+    /// tests).
     pub fn open_with_backends(
-        db_backend: impl redb::StorageBackend,
-        journal_backend: impl redb::StorageBackend,
+        db_storage: impl Storage,
+        journal_storage: impl Storage,
         name: &str,
         options: WalOptions,
     ) -> Result<Self, OpenError> {
-        Self::on_backends(db_backend, Some(Box::new(journal_backend)), name, options)
+        Self::on_backends(
+            db_storage,
+            Some(Box::new(Backend(journal_storage))),
+            name,
+            options,
+        )
     }
 
     fn on_backends(
-        db_backend: impl redb::StorageBackend,
+        db_storage: impl Storage,
         journal_backend: Option<Box<dyn redb::StorageBackend>>,
         name: &str,
         options: WalOptions,
@@ -401,7 +240,7 @@ impl Wal {
         };
         let path = PathBuf::from(name);
         let db = build_database(&options)
-            .create_with_backend(db_backend)
+            .create_with_backend(Backend(db_storage))
             .map_err(|e| OpenError::from_database(&path, e))?;
         let journal =
             journal_backend.map(|b| JournalState::new(b, PathBuf::from(format!("{name}.journal"))));
@@ -420,11 +259,11 @@ impl Wal {
             options,
             db: RwLock::new(db),
             closed: AtomicBool::new(false),
+            writer: Mutex::new(Writer {
+                journal,
+                ..Writer::default()
+            }),
             stats: Mutex::new(stats),
-            appended: Condvar::new(),
-            encode_buf: Mutex::new(Vec::new()),
-            frame: Mutex::new(FrameBuilder::default()),
-            journal: Mutex::new(journal),
             direct: AtomicBool::new(false),
             recovery: Mutex::new(recovery),
         })
@@ -445,11 +284,14 @@ impl Wal {
 
     /// Bytes in the journal now (0 without a journal).
     pub fn journal_len(&self) -> u64 {
-        self.journal
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.writer()
+            .journal
             .as_ref()
             .map_or(0, |j| j.journal.len())
+    }
+
+    fn writer(&self) -> std::sync::MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Close and reopen the database file and the journal: redb refuses writes after a
@@ -461,7 +303,8 @@ impl Wal {
     /// lands in the in-memory placeholder) until a later reopen succeeds.
     pub fn reopen(&self) -> Result<(), OpenError> {
         let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
-        let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+        let mut writer = self.writer();
+        let journal = &mut writer.journal;
         // redb holds a file lock: the old handle must be gone before the new open.
         let placeholder = redb::Builder::new()
             .create_with_backend(redb::backends::InMemoryBackend::new())
@@ -501,9 +344,14 @@ impl Wal {
         let immediate = matches!(durability, Durability::Immediate);
         let db = self.db.read().unwrap_or_else(|e| e.into_inner());
         if self.is_closed() {
-            return Err(CommitError::Storage(redb::Error::DatabaseClosed));
+            return Err(StorageError::closed().into());
         }
-        let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+        let mut writer = self.writer();
+        let Writer {
+            journal,
+            frame,
+            buf,
+        } = &mut *writer;
         let direct = self.direct.load(Ordering::SeqCst);
         if let Some(j) = journal.as_mut() {
             if j.broken {
@@ -551,7 +399,6 @@ impl Wal {
 
         // The batch as a journal frame; the same frame is applied to redb below, and
         // replayed from the journal after a crash.
-        let mut frame = self.frame.lock().unwrap_or_else(|e| e.into_inner());
         frame.begin(lsn);
         let now_ms = format::now_ms();
         for (seq, reason) in &batch.dead_letters {
@@ -572,19 +419,16 @@ impl Wal {
         }
         let frame_bytes = frame.finish();
         let ops = journal::parse_frame_unchecked(frame_bytes).map_err(|reason| {
-            CommitError::Storage(redb::Error::Io(std::io::Error::other(format!(
-                "a frame just built does not parse: {reason}"
-            ))))
+            CommitError::Invariant(format!("a frame just built does not parse: {reason}"))
         })?;
 
-        let mut buf = self.encode_buf.lock().unwrap_or_else(|e| e.into_inner());
         let mut txn = db.begin_write()?;
         txn.set_durability(if redb_durable {
-            Durability::Immediate
+            redb::Durability::Immediate
         } else {
-            Durability::None
+            redb::Durability::None
         })
-        .map_err(|e| CommitError::Storage(e.into()))?;
+        .map_err(|e| CommitError::Storage(redb::Error::from(e).into()))?;
         if self.options.quick_repair && redb_durable {
             txn.set_quick_repair(true);
         }
@@ -596,13 +440,10 @@ impl Wal {
                 meta: txn.open_table(META)?,
                 qos2: txn.open_table(MQTT_QOS2)?,
             };
-            let outcome =
-                apply_frame(&ops, &mut tables, &mut stats, &mut buf).map_err(|e| match e {
-                    ApplyError::Storage(e) => CommitError::Storage(e.into()),
-                    ApplyError::Mismatch(m) => {
-                        CommitError::Storage(redb::Error::Io(std::io::Error::other(m)))
-                    }
-                })?;
+            let outcome = apply_frame(&ops, &mut tables, &mut stats, buf).map_err(|e| match e {
+                ApplyError::Storage(e) => CommitError::from(e),
+                ApplyError::Mismatch(m) => CommitError::Invariant(m),
+            })?;
             refresh_ends(&tables.records, &mut stats)?;
             format::store_meta(&mut tables.meta, &stats)?;
             if journal.is_some() {
@@ -610,7 +451,6 @@ impl Wal {
             }
             outcome
         };
-        drop(buf);
         #[cfg(feature = "failpoints")]
         failpoint("wal-inside-commit");
         // Journal first: readers never see a change the journal does not hold.
@@ -625,12 +465,11 @@ impl Wal {
                 });
                 if let Err(e) = written {
                     j.broken = true;
-                    return Err(CommitError::Storage(redb::Error::Io(e)));
+                    return Err(e.into());
                 }
             }
         }
         frame.shrink();
-        drop(frame);
         if let Err(e) = txn.commit() {
             if let Some(j) = journal.as_mut() {
                 j.broken = true;
@@ -649,9 +488,6 @@ impl Wal {
             }
         }
         *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = stats;
-        if outcome.appended > 0 {
-            self.appended.notify_all();
-        }
         Ok(outcome)
     }
 
@@ -690,12 +526,7 @@ impl Wal {
         if self.direct.load(Ordering::SeqCst) == direct {
             return Ok(());
         }
-        if self
-            .journal
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_none()
-        {
+        if self.writer().journal.is_none() {
             return Ok(());
         }
         self.checkpoint()?;
@@ -718,11 +549,11 @@ impl Wal {
     pub fn checkpoint(&self) -> Result<(), CommitError> {
         let db = self.db.read().unwrap_or_else(|e| e.into_inner());
         if self.is_closed() {
-            return Err(CommitError::Storage(redb::Error::DatabaseClosed));
+            return Err(StorageError::closed().into());
         }
-        let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(j) = journal.as_mut() else {
-            drop(journal);
+        let mut writer = self.writer();
+        let Some(j) = writer.journal.as_mut() else {
+            drop(writer);
             drop(db);
             return self.sync();
         };
@@ -743,120 +574,9 @@ impl Wal {
         }
         if let Err(e) = j.journal.reset() {
             j.broken = true;
-            return Err(CommitError::Storage(redb::Error::Io(e)));
+            return Err(e.into());
         }
         Ok(())
-    }
-
-    /// Visit records with sequence `>= from` in order, at most `max_records` of them and
-    /// stopping after the one that crosses `max_bytes` (at least one record is visited
-    /// when there is one). Returns how many were visited.
-    pub fn for_each_from(
-        &self,
-        from: u64,
-        max_records: usize,
-        max_bytes: usize,
-        mut visit: impl FnMut(u64, RecordRef<'_>) -> ControlFlow<()>,
-    ) -> Result<usize, ReadError> {
-        let db = self.db.read().unwrap_or_else(|e| e.into_inner());
-        if self.is_closed() {
-            return Err(ReadError::Storage(redb::Error::DatabaseClosed));
-        }
-        let txn = db.begin_read()?;
-        let records = txn.open_table(RECORDS)?;
-        let mut n = 0;
-        let mut bytes = 0usize;
-        for entry in records.range(from..)? {
-            if n >= max_records || (n > 0 && bytes >= max_bytes) {
-                break;
-            }
-            let (k, v) = entry?;
-            let seq = k.value();
-            let raw = v.value();
-            let record = format::decode_record(raw).map_err(|reason| ReadError::Corrupted {
-                path: self.path.clone(),
-                seq,
-                reason,
-            })?;
-            n += 1;
-            bytes += raw.len();
-            if visit(seq, record).is_break() {
-                break;
-            }
-        }
-        Ok(n)
-    }
-
-    /// Read owned copies of up to `max_records` records from sequence `from` on.
-    pub fn read_from(
-        &self,
-        from: u64,
-        max_records: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<Record>, ReadError> {
-        let mut out = Vec::new();
-        self.for_each_from(from, max_records, max_bytes, |seq, r| {
-            out.push(r.to_owned(seq));
-            ControlFlow::Continue(())
-        })?;
-        Ok(out)
-    }
-
-    /// Read dead letters with sequence `>= from`, at most `limit`.
-    pub fn dead_letters(&self, from: u64, limit: usize) -> Result<Vec<DeadLetter>, ReadError> {
-        let db = self.db.read().unwrap_or_else(|e| e.into_inner());
-        if self.is_closed() {
-            return Err(ReadError::Storage(redb::Error::DatabaseClosed));
-        }
-        let txn = db.begin_read()?;
-        let table = txn.open_table(DEAD_LETTER)?;
-        let mut out = Vec::new();
-        for entry in table.range(from..)?.take(limit) {
-            let (k, v) = entry?;
-            let seq = k.value();
-            let dl = format::decode_dead_letter(seq, v.value()).map_err(|reason| {
-                ReadError::Corrupted {
-                    path: self.path.clone(),
-                    seq,
-                    reason,
-                }
-            })?;
-            out.push(dl);
-        }
-        Ok(out)
-    }
-
-    /// The MQTT session state kept with the records (read at start; see [`session`]).
-    pub fn mqtt_session(&self) -> Result<MqttSession, ReadError> {
-        let db = self.db.read().unwrap_or_else(|e| e.into_inner());
-        if self.is_closed() {
-            return Err(ReadError::Storage(redb::Error::DatabaseClosed));
-        }
-        let txn = db.begin_read()?;
-        let qos2 = txn.open_table(MQTT_QOS2)?;
-        let meta = txn.open_table(META)?;
-        Ok(session::load(&qos2, &meta)?)
-    }
-
-    /// O(1) statistics, as of the last commit.
-    pub fn stats(&self) -> WalStats {
-        *self.stats.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Block until a record with sequence `>= seq` exists or `timeout` passes; returns
-    /// true if one exists.
-    pub fn wait_for(&self, seq: u64, timeout: Duration) -> bool {
-        let guard = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        let (guard, _) = self
-            .appended
-            .wait_timeout_while(guard, timeout, |s| s.next_seq <= seq)
-            .unwrap_or_else(|e| e.into_inner());
-        guard.next_seq > seq
-    }
-
-    /// Wake every thread blocked in [`Wal::wait_for`] (used at shutdown).
-    pub fn wake_waiters(&self) {
-        self.appended.notify_all();
     }
 }
 
@@ -884,338 +604,6 @@ pub fn failpoint_fires(name: &str) -> bool {
         .unwrap_or(0);
     HITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= skip
 }
-
-fn build_database(options: &WalOptions) -> redb::Builder {
-    let mut builder = redb::Builder::new();
-    builder.set_cache_size(options.cache_size);
-    // Crash tests abort in the middle of the repair that follows an unclean stop.
-    #[cfg(feature = "failpoints")]
-    builder.set_repair_callback(|_| failpoint("wal-during-repair"));
-    builder
-}
-
-fn open_database(path: &Path, options: &WalOptions) -> Result<Database, OpenError> {
-    let builder = build_database(options);
-    // Crash tests make fsync slow or fail through a control file (see `faults`).
-    #[cfg(feature = "failpoints")]
-    if let Some(control) = faults::control_file() {
-        let file = open_rw(path)?;
-        let backend = faults::FaultyBackend::new(file, control)
-            .map_err(|e| OpenError::from_database(path, e))?;
-        return builder
-            .create_with_backend(backend)
-            .map_err(|e| OpenError::from_database(path, e));
-    }
-    builder
-        .create(path)
-        .map_err(|e| OpenError::from_database(path, e))
-}
-
-/// Create the tables on first open, check (and upgrade) the format version, and load
-/// the counters and the journal frame number.
-fn init_and_load(db: &Database, path: &Path) -> Result<(WalStats, u64), OpenError> {
-    let storage = |e: redb::Error| OpenError::Storage {
-        path: path.to_path_buf(),
-        source: Box::new(e),
-    };
-    let txn = db.begin_write().map_err(|e| storage(e.into()))?;
-    let stats = {
-        let records = txn.open_table(RECORDS).map_err(|e| storage(e.into()))?;
-        txn.open_table(DEAD_LETTER).map_err(|e| storage(e.into()))?;
-        txn.open_table(MQTT_QOS2).map_err(|e| storage(e.into()))?;
-        let mut meta = txn.open_table(META).map_err(|e| storage(e.into()))?;
-        let version = meta
-            .get(format::META_FORMAT_VERSION)
-            .map_err(|e| storage(e.into()))?
-            .map(|v| v.value());
-        match version {
-            None => {
-                meta.insert(format::META_FORMAT_VERSION, format::FORMAT_VERSION)
-                    .map_err(|e| storage(e.into()))?;
-            }
-            Some(v) if v == format::FORMAT_VERSION => {}
-            Some(v) if format::UPGRADABLE_FROM.contains(&v) => {
-                // Version 1 had no journal: nothing to convert, only the mark.
-                meta.insert(format::META_FORMAT_VERSION, format::FORMAT_VERSION)
-                    .map_err(|e| storage(e.into()))?;
-            }
-            Some(v) => {
-                return Err(OpenError::UnsupportedFormat {
-                    path: path.to_path_buf(),
-                    found: v,
-                    supported: format::FORMAT_VERSION,
-                })
-            }
-        }
-        let mut stats = format::load_meta(&meta).map_err(|e| storage(e.into()))?;
-        refresh_ends(&records, &mut stats).map_err(|e| storage(e.into()))?;
-        // Guard against a meta table that lags the records (it cannot by invariant 4,
-        // but a wrong next_seq would reuse sequences, so check the cheap way).
-        if let Some(newest) = stats.newest_seq {
-            if stats.next_seq <= newest {
-                stats.next_seq = newest + 1;
-            }
-        }
-        let lsn = meta
-            .get(format::META_JOURNAL_LSN)
-            .map_err(|e| storage(e.into()))?
-            .map_or(0, |v| v.value());
-        (stats, lsn)
-    };
-    txn.commit().map_err(|e| storage(e.into()))?;
-    Ok(stats)
-}
-
-/// Recompute oldest/newest sequence and the oldest receive time: O(log n).
-fn refresh_ends(
-    records: &impl ReadableTable<u64, &'static [u8]>,
-    stats: &mut WalStats,
-) -> Result<(), redb::StorageError> {
-    match records.first()? {
-        Some((k, v)) => {
-            stats.oldest_seq = Some(k.value());
-            stats.oldest_receive_time_ms = format::peek_receive_time(v.value());
-        }
-        None => {
-            stats.oldest_seq = None;
-            stats.oldest_receive_time_ms = None;
-        }
-    }
-    stats.newest_seq = records.last()?.map(|(k, _)| k.value());
-    Ok(())
-}
-
-fn broken_journal(path: &Path) -> CommitError {
-    CommitError::Storage(redb::Error::Io(std::io::Error::other(format!(
-        "an earlier write or sync of {} failed; the WAL must be reopened",
-        path.display()
-    ))))
-}
-
-fn sync_journal(j: &mut JournalState) -> Result<(), CommitError> {
-    j.journal.sync().map_err(|e| {
-        j.broken = true;
-        CommitError::Storage(redb::Error::Io(e))
-    })
-}
-
-/// Open (or create) a file for reading and writing.
-fn open_rw(path: &Path) -> Result<std::fs::File, OpenError> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(|source| OpenError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
-}
-
-/// Open (or create) the journal file when the options ask for one.
-fn open_journal(dir: &Path, options: &WalOptions) -> Result<Option<JournalState>, OpenError> {
-    if !options.journal {
-        return Ok(None);
-    }
-    let path = dir.join(journal::FILE_NAME);
-    let file = open_rw(&path)?;
-    let locked = |e: redb::DatabaseError| match e {
-        redb::DatabaseError::DatabaseAlreadyOpen => OpenError::Locked { path: path.clone() },
-        e => OpenError::from_database(&path, e),
-    };
-    #[cfg(feature = "failpoints")]
-    if let Some(control) = faults::control_file() {
-        let backend = faults::FaultyBackend::new(file, control).map_err(locked)?;
-        return Ok(Some(JournalState::new(Box::new(backend), path)));
-    }
-    let backend = redb::backends::FileBackend::new(file).map_err(locked)?;
-    Ok(Some(JournalState::new(Box::new(backend), path)))
-}
-
-/// Load the counters, then replay the journal's frames that redb does not hold yet
-/// (one durable redb commit), and empty the journal.
-fn recover(
-    db: &Database,
-    path: &Path,
-    journal: Option<&mut JournalState>,
-) -> Result<(WalStats, Recovery), OpenError> {
-    let (mut stats, mut lsn) = init_and_load(db, path)?;
-    let mut report = Recovery::default();
-    let Some(j) = journal else {
-        return Ok((stats, report));
-    };
-    let jpath = j.path.clone();
-    let data = j.journal.read_all().map_err(|source| OpenError::Io {
-        path: jpath.clone(),
-        source,
-    })?;
-    let (frames, end) = journal::decode_all(&data).map_err(|detail| OpenError::Corrupted {
-        path: jpath.clone(),
-        detail,
-    })?;
-    if let journal::End::Torn { offset, reason } = &end {
-        report.torn_tail = Some(format!(
-            "{} bytes from offset {offset} ignored: {reason}",
-            data.len() as u64 - offset
-        ));
-    }
-    let storage = |e: redb::Error| OpenError::Storage {
-        path: path.to_path_buf(),
-        source: Box::new(e),
-    };
-    let corrupted = |detail: String| OpenError::Corrupted {
-        path: jpath.clone(),
-        detail,
-    };
-    let todo: Vec<_> = frames.iter().filter(|(_, f)| f.lsn > lsn).collect();
-    if !todo.is_empty() {
-        let txn = db.begin_write().map_err(|e| storage(e.into()))?;
-        {
-            let open = |e: redb::TableError| storage(e.into());
-            let mut tables = Tables {
-                records: txn.open_table(RECORDS).map_err(open)?,
-                dead: txn.open_table(DEAD_LETTER).map_err(open)?,
-                meta: txn.open_table(META).map_err(open)?,
-                qos2: txn.open_table(MQTT_QOS2).map_err(open)?,
-            };
-            let mut buf = Vec::new();
-            for (offset, frame) in todo {
-                if frame.lsn != lsn + 1 {
-                    return Err(corrupted(format!(
-                        "frame at offset {offset} is number {}, expected {} (the journal does not belong to this database)",
-                        frame.lsn,
-                        lsn + 1
-                    )));
-                }
-                apply_frame(frame, &mut tables, &mut stats, &mut buf).map_err(|e| match e {
-                    ApplyError::Storage(e) => storage(e.into()),
-                    ApplyError::Mismatch(m) => corrupted(format!("frame at offset {offset}: {m}")),
-                })?;
-                lsn = frame.lsn;
-                report.frames += 1;
-                report.records += frame.appends.len() as u64;
-            }
-            refresh_ends(&tables.records, &mut stats).map_err(|e| storage(e.into()))?;
-            format::store_meta(&mut tables.meta, &stats).map_err(|e| storage(e.into()))?;
-            tables
-                .meta
-                .insert(format::META_JOURNAL_LSN, lsn)
-                .map_err(|e| storage(e.into()))?;
-        }
-        txn.commit().map_err(|e| storage(e.into()))?;
-    }
-    j.lsn = lsn;
-    j.journal.reset().map_err(|source| OpenError::Io {
-        path: jpath.clone(),
-        source,
-    })?;
-    Ok((stats, report))
-}
-
-/// The tables one write transaction changes.
-struct Tables<'txn> {
-    records: redb::Table<'txn, u64, &'static [u8]>,
-    dead: redb::Table<'txn, u64, &'static [u8]>,
-    meta: redb::Table<'txn, &'static str, u64>,
-    qos2: redb::Table<'txn, u16, u64>,
-}
-
-/// Apply one frame's changes: dead letters, then the acknowledged prefix, then the
-/// appends, then the session changes. The same code serves a commit and a replay, so
-/// both do exactly the same.
-fn apply_frame(
-    frame: &journal::Frame<'_>,
-    tables: &mut Tables<'_>,
-    stats: &mut WalStats,
-    buf: &mut Vec<u8>,
-) -> Result<CommitOutcome, ApplyError> {
-    let Tables {
-        records,
-        dead,
-        meta,
-        qos2,
-    } = tables;
-    let mut outcome = CommitOutcome::default();
-    for &(seq, parked_at_ms, reason) in &frame.dead_letters {
-        let Some(value) = records.remove(seq)? else {
-            outcome.dead_letter_missing += 1;
-            continue;
-        };
-        let value = value.value().to_vec();
-        format::encode_dead_letter(buf, reason, parked_at_ms, &value);
-        dead.insert(seq, buf.as_slice())?;
-        stats.records -= 1;
-        stats.bytes -= value.len() as u64;
-        stats.dead_letters += 1;
-        stats.dead_letter_bytes += buf.len() as u64;
-        outcome.dead_lettered += 1;
-    }
-
-    if let Some(ack) = frame.ack_up_to {
-        outcome.acked = delete_up_to(records, stats, ack)?;
-    }
-    for entry in &frame.tail {
-        if let Tail::Drop { up_to, reason } = *entry {
-            let n = delete_up_to(records, stats, up_to)?;
-            stats.dropped.add(reason, n);
-            outcome.dropped += n;
-        }
-    }
-
-    if !frame.appends.is_empty() {
-        if frame.first_seq != stats.next_seq {
-            return Err(ApplyError::Mismatch(format!(
-                "appends from sequence {} but the next sequence is {}",
-                frame.first_seq, stats.next_seq
-            )));
-        }
-        outcome.first_appended = Some(stats.next_seq);
-        for value in &frame.appends {
-            records.insert(stats.next_seq, *value)?;
-            stats.next_seq += 1;
-            stats.records += 1;
-            stats.bytes += value.len() as u64;
-        }
-        outcome.appended = frame.appends.len() as u64;
-    }
-    for entry in &frame.tail {
-        if let Tail::Session(change) = entry {
-            session::apply(std::slice::from_ref(change), qos2, meta, stats.next_seq)?;
-        }
-    }
-    Ok(outcome)
-}
-
-/// Delete every record `<= up_to`; returns how many there were.
-fn delete_up_to(
-    records: &mut redb::Table<'_, u64, &'static [u8]>,
-    stats: &mut WalStats,
-    up_to: u64,
-) -> Result<u64, ApplyError> {
-    if up_to >= stats.next_seq {
-        return Err(ApplyError::Mismatch(format!(
-            "deletes up to sequence {up_to} but the next sequence is {}",
-            stats.next_seq
-        )));
-    }
-    let mut freed_bytes = 0u64;
-    let mut freed = 0u64;
-    for entry in records.range(..=up_to)? {
-        let (_, v) = entry?;
-        freed += 1;
-        freed_bytes += v.value().len() as u64;
-    }
-    if freed > 0 {
-        records.retain_in(..=up_to, |_, _| false)?;
-    }
-    stats.records -= freed;
-    stats.bytes -= freed_bytes;
-    Ok(freed)
-}
-
-// Keeps the table definitions' types checked against their use above.
-const _: TableDefinition<'static, u64, &'static [u8]> = RECORDS;
 
 #[cfg(test)]
 mod tests;

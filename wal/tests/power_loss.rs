@@ -30,7 +30,7 @@ struct Disk {
 #[derive(Debug, Clone, Default)]
 struct PowerCutBackend(Arc<Mutex<Disk>>);
 
-impl redb::StorageBackend for PowerCutBackend {
+impl wal::Storage for PowerCutBackend {
     fn len(&self) -> Result<u64, io::Error> {
         Ok(self.0.lock().unwrap().volatile.len() as u64)
     }
