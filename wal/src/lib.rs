@@ -61,7 +61,7 @@ pub mod session;
 mod batch;
 mod error;
 #[cfg(feature = "failpoints")]
-pub mod faults;
+mod faults;
 mod read;
 mod recover;
 mod storage;
