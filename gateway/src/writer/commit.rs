@@ -1,0 +1,418 @@
+//! Committing until it succeeds, and the syncs that make commits durable: nothing is
+//! acknowledged before (rule 1). While commits fail (disk full, I/O errors) the
+//! appends are held, the forwarder's deletes still committed (they free space), the
+//! WAL reopened (redb refuses writes after a failed commit) and the batch retried with
+//! backoff.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use wal::{CommitError, Durability, WriteBatch};
+
+use super::space::low_space;
+use super::thread::WalThread;
+use super::{build, record_load, records, take, Entry, HOLD_LIMIT};
+use crate::policy::Expired;
+use crate::state;
+
+impl WalThread {
+    /// Commit the batch, retrying with backoff (and reopening the database, which redb
+    /// requires after a failed commit) until it succeeds. While it fails (disk full,
+    /// I/O errors), nothing is acknowledged to MQTT, but acknowledged-prefix deletes
+    /// that arrive are committed on their own: that frees space. Returns `None` only
+    /// when `abort` was cancelled first.
+    pub(crate) fn commit_until_ok(
+        &mut self,
+        appends: &[Entry],
+        dead: &mut Vec<(u64, String)>,
+        ack: &mut Option<u64>,
+        sync_now: bool,
+    ) -> Option<(wal::CommitOutcome, Durability, usize)> {
+        let mut delay = Duration::from_millis(50);
+        let mut failing = false;
+        // On a full disk, try ever smaller prefixes of the batch: a big batch may not
+        // fit where a small one does.
+        let mut limit = appends.len();
+        // Appends held back: by a nearly full disk (true) or by the cap (false).
+        let mut low: Option<bool> = None;
+        loop {
+            self.shared.heartbeats.wal.beat();
+            // Keep the free-space reserve (and the cap, with wal.on_full = block):
+            // while it is short, commit only deletes (they free room) and hold the
+            // appends.
+            let need: u64 = appends[..limit]
+                .iter()
+                .map(|e| (e.size() + 64) as u64)
+                .sum();
+            let (records, bytes) = record_load(&appends[..limit]);
+            if records > 0 {
+                let blocked = low_space(&self.wal, self.opts.min_free_space, 2 * need)
+                    .map(|why| (why, true))
+                    .or_else(|| {
+                        self.opts
+                            .limits
+                            .blocks(&self.wal, records, bytes)
+                            .map(|why| (why, false))
+                    });
+                if let Some((why, disk)) = blocked {
+                    if limit > 1 {
+                        limit /= 2;
+                        continue;
+                    }
+                    // Space comes back at a checkpoint: the journal's bytes, and the
+                    // pages that deletes freed (redb reuses them only after a durable
+                    // commit). run.rs keeps wal.checkpoint_bytes within half the
+                    // reserve, so the checkpoint fits.
+                    if disk && self.checkpoint_for_space() {
+                        limit = appends.len();
+                        continue;
+                    }
+                    if low.is_none() {
+                        tracing::warn!("{why}; not acknowledging MQTT messages");
+                        low = Some(disk);
+                    }
+                    self.shared.mqtt_accepting.store(false, Relaxed);
+                    state::set(&self.shared.wal_last_error, Some(why));
+                    self.take_queued(dead, ack);
+                    self.commit_deletes_alone(appends, dead, ack);
+                    let cancelled = self.rt.block_on(async {
+                        tokio::select! {
+                            _ = self.abort.cancelled() => true,
+                            _ = tokio::time::sleep(Duration::from_millis(200)) => false,
+                        }
+                    });
+                    if cancelled {
+                        return None;
+                    }
+                    limit = appends.len();
+                    continue;
+                }
+            }
+            if let Some(disk) = low.take() {
+                if disk {
+                    tracing::info!(
+                        "free space is back above the reserve; acknowledging MQTT messages"
+                    );
+                } else {
+                    tracing::info!(
+                        "the backlog is below the WAL's cap again; acknowledging MQTT messages"
+                    );
+                }
+                self.shared.mqtt_accepting.store(true, Relaxed);
+                state::set(&self.shared.wal_last_error, None);
+            }
+            let appends = &appends[..limit];
+            // With wal.on_full = drop_oldest: the oldest records make room.
+            let room = self.opts.limits.make_room(&self.wal, records, bytes);
+            self.bypass_journal_when_tight(need);
+            let sync_now = sync_now || self.wal.is_direct();
+            let durability = if sync_now && !(appends.is_empty() && dead.is_empty()) {
+                Durability::Immediate
+            } else {
+                Durability::None
+            };
+            let started = Instant::now();
+            let mut batch = build(appends, dead, *ack);
+            if let Some(d) = &room {
+                batch.drop_up_to(d.up_to, d.reason);
+            }
+            let result = self.wal.commit(&batch, durability);
+            match result {
+                Ok(outcome) => {
+                    if let Some(d) = &room {
+                        self.drop_log.dropped(d, &self.opts.limits);
+                    }
+                    if matches!(durability, Durability::Immediate) {
+                        self.shared.commit_times.record(started.elapsed());
+                    }
+                    if failing {
+                        tracing::info!("WAL commits succeed again; acknowledging MQTT messages");
+                        self.shared.wal_writable.store(true, Relaxed);
+                        self.shared.mqtt_accepting.store(true, Relaxed);
+                        state::set(&self.shared.wal_last_error, None);
+                    }
+                    return Some((outcome, durability, limit));
+                }
+                Err(CommitError::Invariant(why)) => {
+                    // A bug, not the disk: retrying or reopening would not help, and
+                    // nothing of the batch was acknowledged. Stop; the next start
+                    // replays the WAL.
+                    tracing::error!(error = %why, "WAL invariant violated; stopping the WAL thread");
+                    state::set(&self.shared.wal_last_error, Some(why));
+                    self.abort.cancel();
+                    return None;
+                }
+                Err(CommitError::AckBeyondEnd { ack: a, next_seq }) => {
+                    // A bug upstream; never delete what was not assigned. Drop the ack.
+                    tracing::error!(
+                        ack = a,
+                        next_seq,
+                        "acknowledged an unassigned sequence; ignoring that ack"
+                    );
+                    *ack = None;
+                }
+                Err(e) => {
+                    self.shared.counters.wal_commit_errors.fetch_add(1, Relaxed);
+                    let why = if e.is_disk_full() {
+                        limit = (limit / 2).max(1).min(appends.len());
+                        format!("disk full: {e}")
+                    } else {
+                        e.to_string()
+                    };
+                    if !failing {
+                        tracing::error!(error = %why, "WAL commit failed; MQTT messages are not acknowledged until it succeeds");
+                        failing = true;
+                    }
+                    self.shared.wal_writable.store(false, Relaxed);
+                    self.shared.mqtt_accepting.store(false, Relaxed);
+                    // While a failed reopen left the WAL closed, keep its error shown.
+                    if !self.wal.is_closed() {
+                        state::set(&self.shared.wal_last_error, Some(why));
+                    }
+                    if self.pause(&mut delay) {
+                        return None;
+                    }
+                    if let Err(e) = self.wal.reopen() {
+                        tracing::warn!(error = %e, "reopening the WAL failed; retrying");
+                        state::set(
+                            &self.shared.wal_last_error,
+                            Some(format!("reopening the WAL after a failed commit: {e}")),
+                        );
+                        continue;
+                    }
+                    // Older appends waiting for their fsync go first.
+                    if !self.restore_waiting() {
+                        return None;
+                    }
+                    self.take_queued(dead, ack);
+                    self.commit_deletes_alone(appends, dead, ack);
+                }
+            }
+        }
+    }
+
+    /// Drop records older than `wal.max_age`, or move them to the dead-letter table
+    /// (`wal.on_expired`). Returns false only when `abort` was cancelled.
+    pub(crate) fn expire(&mut self) -> bool {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let Some(expired) = self.opts.limits.expired(&self.wal, now_ms) else {
+            return true;
+        };
+        let (mut dead, mut ack) = (Vec::new(), None);
+        match expired {
+            Expired::Drop(d) => {
+                let mut batch = WriteBatch::new();
+                batch.drop_up_to(d.up_to, d.reason);
+                match self.wal.commit(&batch, Durability::None) {
+                    Ok(_) => self.drop_log.dropped(&d, &self.opts.limits),
+                    // Tried again in a second; a failing WAL shows in the commits.
+                    Err(e) => tracing::warn!(error = %e, "dropping expired records failed"),
+                }
+                return true;
+            }
+            Expired::DeadLetter(seqs) => {
+                let reason = format!(
+                    "expired: older than wal.max_age ({})",
+                    humantime::format_duration(self.opts.limits.max_age.unwrap_or_default())
+                );
+                let (first, last, n) = (seqs[0], seqs[seqs.len() - 1], seqs.len());
+                dead.extend(seqs.into_iter().map(|s| (s, reason.clone())));
+                let Some((outcome, _, _)) = self.commit_until_ok(&[], &mut dead, &mut ack, false)
+                else {
+                    return false;
+                };
+                let c = &self.shared.counters;
+                c.kafka_records_dead_lettered
+                    .fetch_add(outcome.dead_lettered, Relaxed);
+                c.wal_records_expired
+                    .fetch_add(outcome.dead_lettered, Relaxed);
+                self.drop_log
+                    .expired(first, last, n as u64, &self.opts.limits);
+            }
+        }
+        true
+    }
+
+    /// Make the committed appends waiting for their fsync durable and publish them
+    /// (rule 1). If the fsync fails, the WAL is reopened and the appends are restored
+    /// ([`Retry::restore_waiting`]). Returns false only when `abort` was cancelled first.
+    pub(crate) fn sync_appends(&mut self) -> bool {
+        if self.waiting.records.is_empty() {
+            self.waiting.due = None;
+            return true;
+        }
+        let started = Instant::now();
+        match self.wal.sync() {
+            Ok(()) => {
+                self.shared.commit_times.record(started.elapsed());
+                self.shared.counters.wal_syncs.fetch_add(1, Relaxed);
+                let entries = std::mem::take(&mut self.waiting.records);
+                self.waiting.due = None;
+                self.publish(&entries);
+                true
+            }
+            Err(e) => {
+                self.shared.counters.wal_commit_errors.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, "WAL sync failed; MQTT messages are not acknowledged until their records are durable");
+                self.shared.wal_writable.store(false, Relaxed);
+                self.shared.mqtt_accepting.store(false, Relaxed);
+                state::set(&self.shared.wal_last_error, Some(e.to_string()));
+                let mut delay = Duration::from_millis(50);
+                loop {
+                    // Retrying is progress: the watchdog must not restart the process.
+                    self.shared.heartbeats.wal.beat();
+                    if self.pause(&mut delay) {
+                        return false;
+                    }
+                    match self.wal.reopen() {
+                        Ok(()) => break,
+                        Err(e) => {
+                            // Counted like the failed commit a retry would be.
+                            self.shared.counters.wal_commit_errors.fetch_add(1, Relaxed);
+                            tracing::warn!(error = %e, "reopening the WAL failed; retrying");
+                            state::set(
+                                &self.shared.wal_last_error,
+                                Some(format!("reopening the WAL after a failed sync: {e}")),
+                            );
+                        }
+                    }
+                }
+                if !self.restore_waiting() {
+                    return false;
+                }
+                self.shared.wal_writable.store(true, Relaxed);
+                self.shared.mqtt_accepting.store(true, Relaxed);
+                state::set(&self.shared.wal_last_error, None);
+                true
+            }
+        }
+    }
+
+    /// After a reopen: the appends that were committed but not yet synced are durable
+    /// now if the journal replay brought them back (a reopen checkpoints). Those it did
+    /// not bring back (a suffix: frames replay in order) are committed again, durably,
+    /// in order, before anything newer; they get the same sequence numbers. Then all of
+    /// them are published. Returns false only when `abort` was cancelled first.
+    pub(crate) fn restore_waiting(&mut self) -> bool {
+        let entries = std::mem::take(&mut self.waiting.records);
+        self.waiting.due = None;
+        if entries.is_empty() {
+            return true;
+        }
+        let present = self
+            .wal
+            .stats()
+            .next_seq
+            .saturating_sub(self.waiting.first_seq)
+            .min(records(&entries) as u64) as usize;
+        // Commit again from just after the last record the replay brought back. The
+        // session changes between it and the next record may have come back too;
+        // applying them again changes nothing (each sets, removes or clears).
+        let start = if present == 0 {
+            0
+        } else {
+            entries
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| matches!(e, Entry::Record(_)))
+                .nth(present - 1)
+                .map_or(0, |(i, _)| i + 1)
+        };
+        let mut done = start;
+        while done < entries.len() {
+            let (mut dead, mut ack) = (Vec::new(), None);
+            let Some((_, _, committed)) =
+                self.commit_until_ok(&entries[done..], &mut dead, &mut ack, true)
+            else {
+                return false;
+            };
+            done += committed;
+        }
+        tracing::info!(
+            replayed = present,
+            recommitted = entries.len() - start,
+            "WAL reopened; the records waiting for their fsync are durable"
+        );
+        self.publish(&entries);
+        true
+    }
+
+    /// Sleep `delay` (then double it, up to 5 s) unless `abort` comes first; true
+    /// when it did.
+    pub(crate) fn pause(&self, delay: &mut Duration) -> bool {
+        let cancelled = self.rt.block_on(async {
+            tokio::select! {
+                _ = self.abort.cancelled() => true,
+                _ = tokio::time::sleep(*delay) => false,
+            }
+        });
+        *delay = (*delay * 2).min(Duration::from_secs(5));
+        cancelled
+    }
+
+    /// `entries` are durable: release their MQTT acknowledgements (rule 1).
+    pub(crate) fn publish(&mut self, entries: &[Entry]) {
+        self.durable_count += entries.len() as u64;
+        self.shared
+            .counters
+            .wal_records_committed
+            .fetch_add(records(entries) as u64, Relaxed);
+        self.durable.send_replace(self.durable_count);
+    }
+
+    /// Take queued commands: deletes join this batch, appends wait in `held`. The
+    /// forwarder's are always all taken, even when `held` is full.
+    pub(crate) fn take_queued(&mut self, dead: &mut Vec<(u64, String)>, ack: &mut Option<u64>) {
+        let mut ignored = 0usize;
+        while let Some(cmd) = self.rx.try_recv_forward() {
+            take(cmd, &mut self.held, dead, ack, &mut ignored);
+        }
+        while self.held.len() < HOLD_LIMIT {
+            match self.rx.try_recv() {
+                Ok(cmd) => take(cmd, &mut self.held, dead, ack, &mut ignored),
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.closed = true;
+                    break;
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+            }
+        }
+    }
+
+    /// Commit pending deletes without the appends: it needs little space and frees some.
+    pub(crate) fn commit_deletes_alone(
+        &mut self,
+        appends: &[Entry],
+        dead: &mut Vec<(u64, String)>,
+        ack: &mut Option<u64>,
+    ) {
+        if appends.is_empty() || (ack.is_none() && dead.is_empty()) {
+            return;
+        }
+        match self
+            .wal
+            .commit(&build(&[], dead, *ack), Durability::Immediate)
+        {
+            Ok(o) => {
+                let c = &self.shared.counters;
+                c.wal_commits.fetch_add(1, Relaxed);
+                c.kafka_records_dead_lettered
+                    .fetch_add(o.dead_lettered, Relaxed);
+                tracing::info!(
+                    deleted = o.acked,
+                    "deleted records Kafka acknowledged to free WAL space"
+                );
+                *ack = None;
+                dead.clear();
+                self.checkpoint_for_space();
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "commit of deletes alone failed too");
+                let _ = self.wal.reopen();
+            }
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Tests of the WAL thread.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use wal::Wal;
+
+use super::thread::WalThread;
+use super::*;
+
+fn pending(i: u8) -> Pending {
+    Pending {
+        topic: "t".into(),
+        payload: Bytes::from(vec![i; 8]),
+        qos: 1,
+        retain: false,
+        dup: false,
+        receive_time_ms: 0,
+        qos2_pkid: None,
+    }
+}
+
+/// With commits failing and `held` full, the forwarder's deletes must still be
+/// taken (they free the space), not wait behind queued appends.
+#[test]
+fn forwarder_commands_are_taken_when_held_appends_are_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), wal::WalOptions::default()).unwrap();
+    let shared = Shared::default();
+    let (ingest_tx, ingest_rx) = mpsc::channel(16);
+    let (forward_tx, forward_rx) = mpsc::channel(16);
+    let inbox = Inbox::new(ingest_rx, forward_rx);
+    for i in 0..16u8 {
+        ingest_tx.try_send(WalCmd::Append(pending(i))).unwrap();
+    }
+    forward_tx
+        .try_send(WalCmd::DeadLetter(7, "refused".into()))
+        .unwrap();
+    forward_tx.try_send(WalCmd::AckUpTo(9)).unwrap();
+    let mut thread = WalThread::new(
+        Arc::new(wal),
+        inbox,
+        watch::channel(0).0,
+        Arc::new(shared),
+        options(Duration::ZERO, Duration::ZERO),
+        CancellationToken::new(),
+        Box::new(|| {}),
+    );
+    thread.held = (0..HOLD_LIMIT).map(|_| Entry::Record(pending(0))).collect();
+    let (mut dead, mut ack) = (Vec::new(), None);
+    thread.take_queued(&mut dead, &mut ack);
+    assert_eq!(ack, Some(9), "the ack waited behind held appends");
+    assert_eq!(dead, vec![(7, "refused".to_string())]);
+    assert_eq!(
+        thread.held.len(),
+        HOLD_LIMIT,
+        "appends beyond the limit were taken"
+    );
+    assert!(!thread.closed);
+}
+
+fn options(linger: Duration, sync_linger: Duration) -> WriterOptions {
+    WriterOptions {
+        max_batch_records: 100,
+        max_batch_bytes: 1 << 20,
+        linger,
+        sync_linger,
+        idle_sync: Duration::from_secs(1),
+        min_free_space: 0,
+        limits: Default::default(),
+        reload: None,
+    }
+}
+
+/// A WAL thread running on a fresh WAL, with no forwarder (its channel is closed
+/// from the start).
+struct Running {
+    _dir: tempfile::TempDir,
+    wal: Arc<Wal>,
+    tx: mpsc::Sender<WalCmd>,
+    durable: watch::Receiver<u64>,
+    shared: Arc<Shared>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+fn start(linger: Duration, sync_linger: Duration) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Arc::new(Wal::open(dir.path(), wal::WalOptions::default()).unwrap());
+    let (tx, rx) = mpsc::channel(16);
+    let (durable_tx, durable) = watch::channel(0u64);
+    let opts = options(linger, sync_linger);
+    let shared = Arc::new(Shared::default());
+    let thread = std::thread::spawn({
+        let (wal, shared) = (wal.clone(), shared.clone());
+        move || {
+            let (_, no_forwarder) = mpsc::channel(1);
+            run(
+                wal,
+                Inbox::new(rx, no_forwarder),
+                durable_tx,
+                shared,
+                opts,
+                CancellationToken::new(),
+                || {},
+            )
+        }
+    });
+    Running {
+        _dir: dir,
+        wal,
+        tx,
+        durable,
+        shared,
+        thread,
+    }
+}
+
+fn wait(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// With `sync_linger`, records are visible to the forwarder at once, and the
+/// acknowledgements wait for one fsync that covers all of them.
+#[test]
+fn sync_linger_shows_records_at_once_and_acknowledges_after_one_fsync() {
+    let r = start(Duration::ZERO, Duration::from_secs(1));
+    for i in 0..3u8 {
+        r.tx.blocking_send(WalCmd::Append(pending(i))).unwrap();
+        wait("the record to be visible", || {
+            r.wal.stats().records == u64::from(i) + 1
+        });
+    }
+    // Visible, not yet acknowledged: the fsync is due 1 s after the first.
+    assert_eq!(*r.durable.borrow(), 0, "acknowledged before the fsync");
+    wait("the acknowledgements", || *r.durable.borrow() == 3);
+    let c = &r.shared.counters;
+    assert_eq!(c.wal_syncs.load(Relaxed), 1);
+    assert_eq!(c.wal_commits.load(Relaxed), 3);
+    assert_eq!(c.wal_records_committed.load(Relaxed), 3);
+    drop(r.tx);
+    r.thread.join().expect("WAL thread panicked");
+    // A clean stop checkpoints: nothing left to replay.
+    assert_eq!(r.wal.journal_len(), wal::journal::HEADER_LEN);
+}
+
+/// The ingest goes away while a committed append waits for its fsync: the WAL
+/// thread syncs and publishes it before stopping.
+#[test]
+fn a_stop_during_sync_linger_syncs_and_acknowledges_first() {
+    let r = start(Duration::ZERO, Duration::from_secs(1));
+    r.tx.blocking_send(WalCmd::Append(pending(1))).unwrap();
+    wait("the record to be visible", || r.wal.stats().records == 1);
+    drop(r.tx);
+    r.thread.join().expect("WAL thread panicked");
+    assert_eq!(*r.durable.borrow(), 1, "stopped without acknowledging");
+    assert_eq!(r.wal.journal_len(), wal::journal::HEADER_LEN);
+}
+
+/// `wal.commit_linger` > 0 used to panic the WAL thread ("no reactor running").
+#[test]
+fn commit_linger_commits_after_lingering() {
+    let r = start(Duration::from_millis(5), Duration::ZERO);
+    for i in 0..3u8 {
+        r.tx.blocking_send(WalCmd::Append(pending(i))).unwrap();
+    }
+    drop(r.tx);
+    r.thread.join().expect("WAL thread panicked");
+    assert_eq!(*r.durable.borrow(), 3);
+    assert_eq!(r.wal.stats().records, 3);
+}
