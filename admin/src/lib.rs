@@ -14,12 +14,14 @@
 //! - [`handle`] never panics on client input; hyper has already rejected malformed
 //!   HTTP before it gets here.
 
+mod counters;
 mod metrics;
 mod routes;
 mod server;
 
 use serde::Serialize;
 
+pub use counters::{AtomicCounters, Counters};
 pub use routes::{handle, MAX_BODY_BYTES};
 pub use server::serve;
 
@@ -215,45 +217,4 @@ pub struct DeadLetters {
     pub records: u64,
     /// Payload bytes of dead-lettered records kept.
     pub bytes: u64,
-}
-
-/// Monotonic counters since process start, exported as Prometheus `_total` counters.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Counters {
-    /// MQTT publishes received.
-    pub mqtt_messages_received: u64,
-    /// MQTT publishes acknowledged after a durable commit.
-    pub mqtt_messages_acked: u64,
-    /// MQTT reconnections.
-    pub mqtt_reconnects: u64,
-    /// Reconnects on which the broker had lost the gateway's persistent session.
-    pub mqtt_sessions_lost: u64,
-    /// QoS 2 messages resent by the broker that were already stored (not stored again).
-    pub mqtt_qos2_duplicates: u64,
-    /// Subscriptions the broker refused (per filter and connection).
-    pub mqtt_subscriptions_refused: u64,
-    /// Messages the broker reported dropping while the gateway watched its counter.
-    pub mqtt_broker_drops: u64,
-    /// Records committed to the WAL.
-    pub wal_records_committed: u64,
-    /// WAL commits (each may hold many records).
-    pub wal_commits: u64,
-    /// WAL fsyncs that made appended records durable (each may cover many commits).
-    pub wal_syncs: u64,
-    /// Failed WAL commits.
-    pub wal_commit_errors: u64,
-    /// Records acknowledged by Kafka.
-    pub kafka_records_forwarded: u64,
-    /// Records set aside after a permanent Kafka error (or their age).
-    pub kafka_records_dead_lettered: u64,
-    /// Records moved to the dead-letter table for their age (`wal.max_age`).
-    pub wal_records_expired: u64,
-    /// Failed Kafka deliveries (retried or dead-lettered).
-    pub kafka_delivery_errors: u64,
-    /// Times the Kafka producer was recreated after a fatal error.
-    pub kafka_producer_rebuilds: u64,
-    /// Configuration reloads applied (SIGHUP).
-    pub config_reloads: u64,
-    /// Configuration reloads refused (a bad file).
-    pub config_reload_errors: u64,
 }

@@ -7,49 +7,8 @@ use std::time::{Duration, Instant};
 
 use wal::Wal;
 
-/// Monotonic counters (all `_total` in Prometheus terms).
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// PUBLISH packets received from MQTT.
-    pub mqtt_messages_received: AtomicU64,
-    /// PUBACK/PUBREC sent after a durable commit.
-    pub mqtt_messages_acked: AtomicU64,
-    /// Connections lost (or never made) and retried.
-    pub mqtt_reconnects: AtomicU64,
-    /// Reconnects on which the broker no longer had the gateway's persistent session.
-    pub mqtt_sessions_lost: AtomicU64,
-    /// QoS 2 messages the broker resent that were already stored (answered, not stored
-    /// again).
-    pub mqtt_qos2_duplicates: AtomicU64,
-    /// Subscriptions the broker refused (SUBACK failure), counted per filter and
-    /// connection.
-    pub mqtt_subscriptions_refused: AtomicU64,
-    /// Growth of the broker's drop counter seen by the gateway (`$SYS`): messages the
-    /// broker dropped for full queues or in-flight limits.
-    pub mqtt_broker_drops: AtomicU64,
-    /// Records committed durably to the WAL.
-    pub wal_records_committed: AtomicU64,
-    /// Write transactions committed.
-    pub wal_commits: AtomicU64,
-    /// fsyncs that made appended records durable (each releases MQTT acknowledgements).
-    pub wal_syncs: AtomicU64,
-    /// Commits that failed (and were retried).
-    pub wal_commit_errors: AtomicU64,
-    /// Records acknowledged by Kafka.
-    pub kafka_records_forwarded: AtomicU64,
-    /// Records parked in the dead-letter table.
-    pub kafka_records_dead_lettered: AtomicU64,
-    /// Records moved to the dead-letter table for their age (`wal.max_age`).
-    pub wal_records_expired: AtomicU64,
-    /// Failed delivery reports (retried or dead-lettered).
-    pub kafka_delivery_errors: AtomicU64,
-    /// Producers rebuilt after a fatal or unrecoverable error.
-    pub kafka_producer_rebuilds: AtomicU64,
-    /// Configuration reloads applied (SIGHUP).
-    pub config_reloads: AtomicU64,
-    /// Configuration reloads refused (a bad file; the running configuration stayed).
-    pub config_reload_errors: AtomicU64,
-}
+/// The gateway's counters (declared once, in `admin::counters`).
+pub use admin::AtomicCounters as Counters;
 
 /// The configuration file as the gateway runs it.
 #[derive(Debug, Clone, Default)]
@@ -470,26 +429,7 @@ impl admin::Source for AdminView {
                 records: w.dead_letters,
                 bytes: w.dead_letter_bytes,
             },
-            counters: admin::Counters {
-                mqtt_messages_received: c.mqtt_messages_received.load(Relaxed),
-                mqtt_messages_acked: c.mqtt_messages_acked.load(Relaxed),
-                mqtt_reconnects: c.mqtt_reconnects.load(Relaxed),
-                mqtt_sessions_lost: c.mqtt_sessions_lost.load(Relaxed),
-                mqtt_qos2_duplicates: c.mqtt_qos2_duplicates.load(Relaxed),
-                mqtt_subscriptions_refused: c.mqtt_subscriptions_refused.load(Relaxed),
-                mqtt_broker_drops: c.mqtt_broker_drops.load(Relaxed),
-                wal_records_committed: c.wal_records_committed.load(Relaxed),
-                wal_commits: c.wal_commits.load(Relaxed),
-                wal_syncs: c.wal_syncs.load(Relaxed),
-                wal_commit_errors: c.wal_commit_errors.load(Relaxed),
-                kafka_records_forwarded: c.kafka_records_forwarded.load(Relaxed),
-                kafka_records_dead_lettered: c.kafka_records_dead_lettered.load(Relaxed),
-                wal_records_expired: c.wal_records_expired.load(Relaxed),
-                kafka_delivery_errors: c.kafka_delivery_errors.load(Relaxed),
-                kafka_producer_rebuilds: c.kafka_producer_rebuilds.load(Relaxed),
-                config_reloads: c.config_reloads.load(Relaxed),
-                config_reload_errors: c.config_reload_errors.load(Relaxed),
-            },
+            counters: c.snapshot(),
             wal_commit_seconds: s.commit_times.histogram(),
             config: {
                 let c = s.config.lock().unwrap_or_else(|e| e.into_inner());
