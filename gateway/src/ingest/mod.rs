@@ -12,6 +12,7 @@
 
 mod acker;
 mod broker_stats;
+mod connect;
 mod session;
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -19,56 +20,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backoff::backoff::Backoff;
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS, Transport,
-};
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Loaded, ServerUri};
+use crate::config::Loaded;
 use crate::state::{self, Shared};
 use crate::writer::{Pending, WalCmd};
 use acker::{Ack, Acker};
 use broker_stats::Watch;
+use connect::{describe, mqtt_options, qos_u8, subscriptions};
 use session::{Qos2, Session};
 
-/// Build rumqttc options for one broker.
-fn mqtt_options(loaded: &Loaded, server: &ServerUri) -> anyhow::Result<MqttOptions> {
-    let m = &loaded.config.mqtt;
-    let mut o = MqttOptions::new(m.client_id.clone(), server.host.clone(), server.port);
-    o.set_manual_acks(true)
-        .set_clean_session(m.clean_session)
-        .set_keep_alive(m.keep_alive)
-        .set_max_packet_size(m.max_packet_size.0 as usize, m.max_packet_size.0 as usize)
-        .set_request_channel_capacity(65_536)
-        .set_inflight(100);
-    if let (Some(user), Some(pw)) = (&m.username, &loaded.password) {
-        o.set_credentials(user.clone(), pw.expose());
-    } else if let Some(user) = &m.username {
-        o.set_credentials(user.clone(), "");
-    }
-    if server.tls {
-        o.set_transport(Transport::tls_with_config(crate::tls::client_config(m)?));
-    }
-    Ok(o)
-}
-
-fn qos_u8(q: QoS) -> u8 {
-    match q {
-        QoS::AtMostOnce => 0,
-        QoS::AtLeastOnce => 1,
-        QoS::ExactlyOnce => 2,
-    }
-}
-
-fn to_qos(q: u8) -> QoS {
-    match q {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    }
-}
-
+/// The receive time stamped on a record (milliseconds since the epoch).
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -143,25 +107,6 @@ pub async fn run(
     ingest.serve().await?;
     ingest.stop().await;
     Ok(())
-}
-
-/// The subscriptions of `loaded`: the user's, then those of the broker-stats watch;
-/// how many are the user's; the watch.
-fn subscriptions(loaded: &Loaded) -> (Vec<rumqttc::SubscribeFilter>, usize, Option<Watch>) {
-    let m = &loaded.config.mqtt;
-    let mut subscriptions: Vec<_> = m
-        .topics
-        .iter()
-        .map(|t| rumqttc::SubscribeFilter::new(t.filter.clone(), to_qos(t.qos)))
-        .collect();
-    let user = subscriptions.len();
-    let broker = m
-        .broker_stats
-        .then(|| Watch::new(m.topics.iter().map(|t| t.filter.as_str())));
-    for f in broker.iter().flat_map(|w| w.filters()) {
-        subscriptions.push(rumqttc::SubscribeFilter::new(f.into(), QoS::AtMostOnce));
-    }
-    (subscriptions, user, broker)
 }
 
 impl Ingest {
@@ -553,14 +498,5 @@ impl Ingest {
         self.shared.mqtt_connected.store(false, Relaxed);
         self.shared.mqtt_subscribed.store(false, Relaxed);
         tracing::info!("MQTT ingest stopped");
-    }
-}
-
-fn describe(e: &ConnectionError) -> String {
-    match e {
-        ConnectionError::ConnectionRefused(code) => {
-            format!("connection refused by broker: {code:?} (check mqtt.username / password and the broker's ACL)")
-        }
-        other => other.to_string(),
     }
 }
