@@ -79,6 +79,18 @@ fi
 if ! command -v cargo >/dev/null 2>&1 && [[ ! -x $HOME/.cargo/bin/cargo ]]; then
     die "Rust is not installed: install it with rustup (https://rustup.rs), then re-run"
 fi
+# rustfmt and clippy: CI checks the format and the lints (cargo xtask ci).
+export PATH="$HOME/.cargo/bin:$PATH"
+for c in rustfmt clippy; do
+    if ! cargo "${c/rustfmt/fmt}" --version >/dev/null 2>&1; then
+        if command -v rustup >/dev/null; then
+            say "adding the Rust component $c"
+            rustup component add "$c" || die "cannot add the Rust component $c (rustup component add $c)"
+        else
+            die "cargo $c missing: install the Rust component $c"
+        fi
+    fi
+done
 
 # ------------------------------------------- mosquitto system service off
 if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Run the whole test suite: unit tests, the WAL model test, the admin API tests and the
-# end-to-end tests against a real Mosquitto and a real Kafka 4.1.1 (KRaft). Installs
-# what is missing first (scripts/install-deps.sh). Extra arguments go to cargo test.
+# Run the whole test suite, as CI does (.ci/run): installs what is missing
+# (scripts/install-deps.sh), then `cargo fmt --check`, `cargo clippy -D warnings`, the
+# unit, model and property tests, the admin API tests, the end-to-end tests against a
+# real Mosquitto and a real Kafka 4.1.1 (KRaft), the Debian package test and the
+# aarch64 cross build with its qemu smoke test. Extra arguments go to `cargo test`.
+# The steps are `cargo xtask ci` (xtask/src/main.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-bash scripts/install-deps.sh >/dev/null
-cargo test --workspace --locked "$@"
-bash scripts/test-deb.sh
-bash scripts/cross-smoke.sh # aarch64 cross build (Debian rustc-web) + qemu end-to-end smoke: docs/CROSS.md
+command -v cargo >/dev/null || {
+    echo "test: cargo not found: install Rust with rustup (https://rustup.rs)" >&2
+    exit 1
+}
+exec cargo xtask ci "$@"
