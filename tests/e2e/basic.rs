@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use harness::config::Value;
 use harness::{check, consume, distinct_ids, publish, unique, wait_until};
 use libtest_mimic::Failed;
 
@@ -17,13 +18,15 @@ pub fn ten_thousand_qos1_messages_mapped_keyed_ordered() -> Result<(), Failed> {
     let prefix = unique("tpl").replace('-', "_");
     // Routes: a fixed topic, a template, and the default topic.
     let cfg = site
-        .config_with(&format!(
-            "routes = [\n\
-             {{ mqtt_filter = \"site/alarm/#\", kafka_topic = \"{fixed}\" }},\n\
-             {{ mqtt_filter = \"site/sensor/+\", kafka_topic_template = \"{prefix}.{{mqtt_topic}}\" }},\n\
-             ]\n"
-        ))
-        .replace("[mqtt]\n", "[mqtt]\ntopics = [{ filter = \"site/#\", qos = 1 }]\n");
+        .config()
+        .kafka(
+            "routes",
+            Value::raw(format!(
+                "[{{ mqtt_filter = \"site/alarm/#\", kafka_topic = \"{fixed}\" }}, \
+                 {{ mqtt_filter = \"site/sensor/+\", kafka_topic_template = \"{prefix}.{{mqtt_topic}}\" }}]"
+            )),
+        )
+        .topics(&[("site/#", 1)]);
     let gw = site.gateway_with(&cfg, &[]);
 
     let topics: Vec<String> = vec![
@@ -117,10 +120,9 @@ pub fn ten_thousand_qos1_messages_mapped_keyed_ordered() -> Result<(), Failed> {
 
 pub fn qos0_qos2_binary_and_empty_payloads() -> Result<(), Failed> {
     let site = Site::new(kafka(), "mixed")?;
-    let cfg = site.config().replace(
-        "[mqtt]\n",
-        "[mqtt]\ntopics = [{ filter = \"q2/#\", qos = 2 }, { filter = \"q0/#\", qos = 0 }, { filter = \"odd/#\", qos = 1 }]\n",
-    );
+    let cfg = site
+        .config()
+        .topics(&[("q2/#", 2), ("q0/#", 0), ("odd/#", 1)]);
     let _gw = site.gateway_with(&cfg, &[]);
     let port = site.mqtt.port;
 

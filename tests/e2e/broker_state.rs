@@ -11,11 +11,12 @@
 
 use std::time::Duration;
 
+use harness::config::GatewayConfig;
 use harness::{publish, unique, wait_until, Mosquitto};
 use libtest_mimic::Failed;
 
 use crate::common::admin_u64;
-use crate::{config, fail, kafka, messages};
+use crate::{fail, kafka, messages};
 
 pub fn broker_drops_and_lost_sessions_are_visible() -> Result<(), Failed> {
     let k = kafka();
@@ -23,10 +24,10 @@ pub fn broker_drops_and_lost_sessions_are_visible() -> Result<(), Failed> {
     let mqtt = Mosquitto::start_with("sys_interval 1\nmax_queued_messages 100");
     let dir = tempfile::tempdir()?;
     let topic = unique("bstate");
-    let cfg = config(mqtt.port, &k.bootstrap(), "")
-        .replace("[kafka]\n", &format!("[kafka]\ntopic = \"{topic}\"\n"));
-    let cfg = cfg.replace("[mqtt]\n", "[mqtt]\nsession_lost_alert = \"3s\"\n");
-    let mut gw = harness::Gateway::start(crate::bin(), dir.path(), &cfg);
+    let cfg = GatewayConfig::new(mqtt.port, &k.bootstrap())
+        .topic(&topic)
+        .mqtt("session_lost_alert", "3s");
+    let mut gw = harness::Gateway::start(crate::bin(), dir.path(), &cfg.toml());
     gw.wait_ready();
     let admin = gw.admin;
     let site_topic = |s: &str| format!("bs/{s}");

@@ -7,13 +7,14 @@ use std::path::Path;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use harness::config::GatewayConfig;
 use harness::{
     consume, distinct_ids, publish, unique, wait_until, Consumed, Gateway, Kafka, Mosquitto,
     Published,
 };
 use libtest_mimic::Failed;
 
-use crate::{bin, config, fail};
+use crate::{bin, fail};
 
 /// One test's brokers, gateway directory and Kafka topic.
 pub struct Site<'k> {
@@ -47,21 +48,13 @@ impl<'k> Site<'k> {
     }
 
     /// The test config for these brokers, without a Kafka topic.
-    pub fn base_config(&self) -> String {
-        config(self.mqtt.port, &self.kafka.bootstrap(), "")
+    pub fn base_config(&self) -> GatewayConfig {
+        GatewayConfig::new(self.mqtt.port, &self.kafka.bootstrap())
     }
 
     /// The test config with [`Site::topic`] as the default Kafka topic.
-    pub fn config(&self) -> String {
-        self.config_with("")
-    }
-
-    /// Like [`Site::config`] with more `[kafka]` lines (`kafka` ends with a newline).
-    pub fn config_with(&self, kafka: &str) -> String {
-        self.base_config().replace(
-            "[kafka]\n",
-            &format!("[kafka]\ntopic = \"{}\"\n{kafka}", self.topic),
-        )
+    pub fn config(&self) -> GatewayConfig {
+        self.base_config().topic(&self.topic)
     }
 
     /// Start the gateway with [`Site::config`] and wait until it is ready.
@@ -71,8 +64,8 @@ impl<'k> Site<'k> {
 
     /// Start the gateway with `cfg` and `env` (first run only) and wait until it is
     /// ready.
-    pub fn gateway_with(&self, cfg: &str, env: &[(&str, &str)]) -> Gateway {
-        let mut gw = Gateway::start_with_env(bin(), self.path(), cfg, env);
+    pub fn gateway_with(&self, cfg: &GatewayConfig, env: &[(&str, &str)]) -> Gateway {
+        let mut gw = Gateway::start_with_env(bin(), self.path(), &cfg.toml(), env);
         gw.wait_ready();
         gw
     }

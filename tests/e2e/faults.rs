@@ -4,11 +4,12 @@
 use std::time::Duration;
 
 use harness::checker::{check_with_faults, FaultEvent};
+use harness::config::GatewayConfig;
 use harness::{check, wait_until, Gateway, Kafka};
 use libtest_mimic::Failed;
 
 use crate::common::{acked_all, admin_u64, joined, kcat_read, wait_kafka_dead, Site};
-use crate::{bin, config, fail, kafka, messages};
+use crate::{bin, fail, kafka, messages};
 
 /// Kafka down at start, then up with topic auto-creation on: the destination topic
 /// does not exist yet when the records are sent. Whatever the first answers say, the
@@ -18,7 +19,9 @@ pub fn kafka_down_at_start_backlog_then_drains() -> Result<(), Failed> {
     let own = Kafka::not_started();
     let site = Site::new(&own, "down")?;
     let gw = site.gateway_with(
-        &site.config_with("properties = { \"topic.metadata.propagation.max.ms\" = \"2000\" }\n"),
+        &site
+            .config()
+            .property("topic.metadata.propagation.max.ms", "2000"),
         &[],
     );
 
@@ -146,8 +149,8 @@ pub fn corrupted_wal_exit_3_file_kept() -> Result<(), Failed> {
     let file = wal_dir.join("wal.redb");
     std::fs::write(&file, vec![0x5Au8; 100_000])?;
     // Brokers are not needed: the WAL is opened first.
-    let cfg = config(1, "127.0.0.1:1", "");
-    let mut gw = Gateway::start(bin(), dir.path(), &cfg);
+    let cfg = GatewayConfig::new(1, "127.0.0.1:1");
+    let mut gw = Gateway::start(bin(), dir.path(), &cfg.toml());
     let status = gw.wait_exit(Duration::from_secs(30));
     let log = gw.log();
     if status.code() != Some(3) {
@@ -377,9 +380,7 @@ pub fn disk_full_stops_acking_then_resumes() -> Result<(), Failed> {
     let own = Kafka::not_started();
     let site = Site::new(&own, "full")?;
     let _mount = TmpfsMount::new(&site.path().join("wal"), "6m")?;
-    let cfg = site
-        .config()
-        .replace("[wal]\n", "[wal]\nmin_free_space = \"1MiB\"\n");
+    let cfg = site.config().wal("min_free_space", "1MiB");
     let mut gw = site.gateway_with(&cfg, &[]);
     let msgs = messages("full", &["f/1".into(), "f/2".into()], 12_000, 1000);
     // Mosquitto acknowledges publishers whatever the gateway does.
@@ -494,9 +495,11 @@ pub fn oversized_record_is_parked_rest_flows() -> Result<(), Failed> {
 pub fn kafka_paused_longer_than_client_timeouts() -> Result<(), Failed> {
     let own = Kafka::start();
     let site = Site::new(&own, "pause")?;
-    let cfg = site.config_with(
-        "properties = { \"socket.timeout.ms\" = 3000, \"request.timeout.ms\" = 3000, \"socket.connection.setup.timeout.ms\" = 3000 }\n",
-    );
+    let cfg = site
+        .config()
+        .property("socket.timeout.ms", 3000)
+        .property("request.timeout.ms", 3000)
+        .property("socket.connection.setup.timeout.ms", 3000);
     let gw = site.gateway_with(&cfg, &[]);
     let topics: Vec<String> = vec!["p/a".into(), "p/b".into()];
     let mut published = site.publish(
@@ -570,7 +573,7 @@ pub fn crash_during_recovery_loses_nothing() -> Result<(), Failed> {
     let mut gw = Gateway::start_with_env(
         bin(),
         site.path(),
-        &cfg,
+        &cfg.toml(),
         &[("MKG_FAILPOINT", "wal-during-repair")],
     );
     let status = gw.wait_exit(Duration::from_secs(60));

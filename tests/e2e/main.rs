@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use harness::{payload, unique, Kafka};
+use harness::{payload, Kafka};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 mod bad_input;
@@ -38,31 +38,6 @@ fn bin() -> &'static Path {
 fn shared_kafka() -> &'static Kafka {
     static K: OnceLock<Kafka> = OnceLock::new();
     K.get_or_init(Kafka::start)
-}
-
-/// A gateway config for tests: `{admin}` and `{wal}` are filled in by the harness.
-fn config(mqtt_port: u16, bootstrap: &str, extra: &str) -> String {
-    format!(
-        r#"
-gateway_id = "test-gw"
-log = "info"
-[mqtt]
-server_uris = ["tcp://127.0.0.1:{mqtt_port}"]
-client_id = "{client}"
-keep_alive = "5s"
-reconnect_max_delay = "1s"
-[kafka]
-bootstrap_servers = "{bootstrap}"
-[wal]
-dir = "{{wal}}"
-[admin]
-listen = "{{admin}}"
-[shutdown]
-grace_period = "10s"
-{extra}
-"#,
-        client = unique("gw")
-    )
 }
 
 fn messages(publisher: &str, topics: &[String], n: u64, size: usize) -> Vec<(String, Vec<u8>)> {

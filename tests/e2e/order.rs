@@ -25,13 +25,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use harness::config::GatewayConfig;
 use harness::publisher::{publish_resilient_with, ResilientOptions};
 use harness::qos2pub::publish_qos2;
 use harness::{check, unique, wait_until, Gateway, Mosquitto, Published};
 use libtest_mimic::Failed;
 
 use crate::common::admin_u64;
-use crate::{bin, config, fail, kafka, messages};
+use crate::{bin, fail, kafka, messages};
 
 pub fn mosquitto_restart_while_draining_a_backlog_keeps_order() -> Result<(), Failed> {
     restart_while_draining("qos1", "", false)?;
@@ -43,15 +44,15 @@ fn restart_while_draining(name: &str, mosquitto_conf: &str, qos2: bool) -> Resul
     let mqtt = Mosquitto::start_with(mosquitto_conf);
     let dir = tempfile::tempdir()?;
     let topic = unique("order");
-    let topics = if qos2 {
-        "[{ filter = \"sensors/#\", qos = 1 }, { filter = \"alarms/#\", qos = 2 }]"
+    let topics: &[(&str, u8)] = if qos2 {
+        &[("sensors/#", 1), ("alarms/#", 2)]
     } else {
-        "[{ filter = \"sensors/#\", qos = 1 }]"
+        &[("sensors/#", 1)]
     };
-    let cfg = config(mqtt.port, &k.bootstrap(), "")
-        .replace("[mqtt]\n", &format!("[mqtt]\ntopics = {topics}\n"))
-        .replace("[kafka]\n", &format!("[kafka]\ntopic = \"{topic}\"\n"));
-    let mut gw = Gateway::start(bin(), dir.path(), &cfg);
+    let cfg = GatewayConfig::new(mqtt.port, &k.bootstrap())
+        .topics(topics)
+        .topic(&topic);
+    let mut gw = Gateway::start(bin(), dir.path(), &cfg.toml());
     gw.wait_ready();
     let admin = gw.admin;
     // The gateway goes away; the publishers go on.

@@ -17,23 +17,16 @@ use libtest_mimic::Failed;
 use crate::common::{admin_u64, Site};
 use crate::{bin, fail, messages};
 
-fn with_wal(cfg: &str, lines: &str) -> String {
-    cfg.replace("[wal]\n", &format!("[wal]\n{lines}"))
-}
-
 pub fn wal_cap_drops_the_oldest_during_an_outage() -> Result<(), Failed> {
     let own = Kafka::not_started();
     let site = Site::new(&own, "capdrop")?;
     // Few records in librdkafka's hands: a dropped record may still reach Kafka if it
     // was handed over before the drop.
-    let cfg = with_wal(
-        &site.config(),
-        "max_bytes = \"2MiB\"\non_full = \"drop_oldest\"\n",
-    )
-    .replace(
-        "[shutdown]",
-        "[forward]\nmax_in_flight_records = 10\n[shutdown]",
-    );
+    let cfg = site
+        .config()
+        .wal("max_bytes", "2MiB")
+        .wal("on_full", "drop_oldest")
+        .forward("max_in_flight_records", 10);
     let gw = site.gateway_with(&cfg, &[]);
     let admin = gw.admin;
     let msgs = messages("cap", &["c/a".into(), "c/b".into()], 10_000, 256);
@@ -82,7 +75,7 @@ pub fn wal_cap_drops_the_oldest_during_an_outage() -> Result<(), Failed> {
 pub fn wal_cap_blocks_then_loses_nothing() -> Result<(), Failed> {
     let own = Kafka::not_started();
     let site = Site::new(&own, "capblock")?;
-    let cfg = with_wal(&site.config(), "max_records = 500\n");
+    let cfg = site.config().wal("max_records", 500);
     let gw = site.gateway_with(&cfg, &[]);
     let admin = gw.admin;
     let msgs = messages("blk", &["b/a".into(), "b/b".into()], 2_000, 128);
@@ -114,11 +107,11 @@ pub fn expired_records_are_dead_lettered_or_dropped() -> Result<(), Failed> {
     let own = Kafka::not_started();
     for (on_expired, n) in [("dead_letter", 50u64), ("drop", 30)] {
         let site = Site::new(&own, "expire")?;
-        let cfg = with_wal(
-            &site.config(),
-            &format!("max_age = \"2s\"\non_expired = \"{on_expired}\"\n"),
-        );
-        let mut gw = Gateway::start(bin(), site.path(), &cfg);
+        let cfg = site
+            .config()
+            .wal("max_age", "2s")
+            .wal("on_expired", on_expired);
+        let mut gw = Gateway::start(bin(), site.path(), &cfg.toml());
         gw.wait_ready();
         let admin = gw.admin;
         let msgs = messages("old", &["e/a".into()], n, 64);

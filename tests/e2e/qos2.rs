@@ -57,10 +57,7 @@ fn time_to_ready(gw: &mut Gateway, what: &str) -> Result<Duration, Failed> {
 
 pub fn qos2_exactly_once_into_the_wal_across_crashes_and_restarts() -> Result<(), Failed> {
     let site = Site::new(kafka(), "qos2")?;
-    let cfg = site.config().replace(
-        "[mqtt]\n",
-        "[mqtt]\ntopics = [{ filter = \"alarms/#\", qos = 2 }]\n",
-    );
+    let cfg = site.config().topics(&[("alarms/#", 2)]);
     let mut gw = site.gateway_with(&cfg, &[]);
     let admin = gw.admin;
     let mqtt_topics: Vec<String> = (0..4).map(|i| format!("alarms/dev{i}")).collect();

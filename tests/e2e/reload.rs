@@ -30,13 +30,11 @@ fn reloads(admin: SocketAddr) -> Option<u64> {
 pub fn sighup_reloads_what_can_change_live() -> Result<(), Failed> {
     let site = Site::new(kafka(), "reload")?;
     let routed = unique("reload-b");
-    let base = site.config();
-    let first = base.replace(
-        "[mqtt]\n",
-        "[mqtt]\ntopics = [{ filter = \"r/a/#\", qos = 1 }]\n",
-    );
+    let client_id = unique("gw");
+    let base = site.config().mqtt("client_id", client_id.clone());
+    let first = base.clone().topics(&[("r/a/#", 1)]);
     // Without RUST_LOG, which would win over the file's `log`.
-    let mut gw = Gateway::start_with_env(bin(), site.path(), &first, &[("RUST_LOG", "")]);
+    let mut gw = Gateway::start_with_env(bin(), site.path(), &first.toml(), &[("RUST_LOG", "")]);
     gw.wait_ready();
     let old_admin = gw.admin;
 
@@ -44,19 +42,11 @@ pub fn sighup_reloads_what_can_change_live() -> Result<(), Failed> {
     // log level; and change the client id, which needs a restart.
     let new_admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
     let second = base
-        .replace(
-            "[mqtt]\n",
-            "[mqtt]\ntopics = [{ filter = \"r/a/#\", qos = 1 }, { filter = \"r/b/#\", qos = 1 }]\n",
-        )
-        .replace(
-            "[kafka]\n",
-            &format!(
-                "[kafka]\nroutes = [{{ mqtt_filter = \"r/b/#\", kafka_topic = \"{routed}\" }}]\n"
-            ),
-        )
-        .replace("log = \"info\"", "log = \"info,gateway=debug\"")
-        .replace("client_id = \"", "client_id = \"changed-");
-    write_config(&gw, &second, new_admin)?;
+        .topics(&[("r/a/#", 1), ("r/b/#", 1)])
+        .routes(&[("r/b/#", &routed)])
+        .top("log", "info,gateway=debug")
+        .mqtt("client_id", format!("changed-{client_id}"));
+    write_config(&gw, &second.toml(), new_admin)?;
     gw.signal(libc::SIGHUP);
     wait_until(
         "the reload, on the new admin address",
@@ -129,11 +119,8 @@ pub fn sighup_reloads_what_can_change_live() -> Result<(), Failed> {
     }
 
     // r/a/# removed: unsubscribed. A message there is not taken; one on r/b after it is.
-    let third = second.replace(
-        "topics = [{ filter = \"r/a/#\", qos = 1 }, { filter = \"r/b/#\", qos = 1 }]",
-        "topics = [{ filter = \"r/b/#\", qos = 1 }]",
-    );
-    write_config(&gw, &third, new_admin)?;
+    let third = second.topics(&[("r/b/#", 1)]);
+    write_config(&gw, &third.toml(), new_admin)?;
     gw.signal(libc::SIGHUP);
     wait_until("the third reload", Duration::from_secs(30), || {
         reloads(new_admin) == Some(2)

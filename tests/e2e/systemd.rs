@@ -99,7 +99,7 @@ pub fn notify_ready_watchdog_stopping_and_stuck_loop() -> Result<(), Failed> {
         let mut gw = Gateway::start_with_env(
             bin(),
             site.path(),
-            &site.config(),
+            &site.config().toml(),
             &[
                 ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
                 ("WATCHDOG_USEC", &watchdog_usec),
@@ -160,7 +160,7 @@ pub fn notify_ready_watchdog_stopping_and_stuck_loop() -> Result<(), Failed> {
         let mut gw = Gateway::start_with_env(
             bin(),
             site.path(),
-            &site.base_config(),
+            &site.base_config().toml(),
             &[
                 ("NOTIFY_SOCKET", &format!("@{name}")),
                 ("WATCHDOG_USEC", &watchdog_usec),

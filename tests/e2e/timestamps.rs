@@ -6,12 +6,13 @@
 
 use std::time::{Duration, Instant};
 
+use harness::config::GatewayConfig;
 use harness::{
     check, consume, distinct_ids, free_port, publish, unique, wait_until, Gateway, Mosquitto,
 };
 use libtest_mimic::Failed;
 
-use crate::{bin, config, fail, kafka, messages};
+use crate::{bin, fail, kafka, messages};
 
 /// Refuse records more than this much older than the broker's clock.
 const BEFORE_MAX_MS: u64 = 2000;
@@ -22,12 +23,13 @@ pub fn refused_timestamps_are_restamped_not_stalled() -> Result<(), Failed> {
     create_topic_refusing_old(&k.bootstrap(), &topic)?;
     let m = Mosquitto::start();
     let dir = tempfile::tempdir()?;
-    let cfg = config(m.port, "BOOTSTRAP", "")
-        .replace("[kafka]\n", &format!("[kafka]\ntopic = \"{topic}\"\n"));
+    // The same gateway (client id, WAL) first without Kafka, then with it.
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let cut_off = GatewayConfig::new(m.port, &nowhere).topic(&topic);
+    let connected = cut_off.clone().kafka("bootstrap_servers", k.bootstrap());
 
     // 1. Kafka unreachable: everything waits in the WAL.
-    let nowhere = format!("127.0.0.1:{}", free_port());
-    let mut gw = Gateway::start(bin(), dir.path(), &cfg.replace("BOOTSTRAP", &nowhere));
+    let mut gw = Gateway::start(bin(), dir.path(), &cut_off.toml());
     gw.wait_serving();
     let msgs = messages("ts", &["t/a".into(), "t/b".into()], 1000, 100);
     let published = publish(m.port, 2, &msgs, Duration::from_secs(60));
@@ -59,7 +61,7 @@ pub fn refused_timestamps_are_restamped_not_stalled() -> Result<(), Failed> {
         Duration::from_secs(30),
         || last_publish.elapsed() > Duration::from_millis(BEFORE_MAX_MS + 1000),
     );
-    let mut gw = Gateway::start(bin(), dir.path(), &cfg.replace("BOOTSTRAP", &k.bootstrap()));
+    let mut gw = Gateway::start(bin(), dir.path(), &connected.toml());
     gw.wait_serving();
     wait_until("the backlog to drain", Duration::from_secs(90), || {
         gw.json("/backlog")["records"] == 0

@@ -45,15 +45,10 @@ pub fn unknown_topics_are_held_then_delivered_or_parked() -> Result<(), Failed> 
     own.create_topic(&site.topic, 3);
     let (missing, late) = (unique("missing"), unique("late"));
     let cfg = site
-        .config_with(&format!(
-            "routes = [ {{ mqtt_filter = \"lost/#\", kafka_topic = \"{missing}\" }}, \
-                        {{ mqtt_filter = \"late/#\", kafka_topic = \"{late}\" }} ]\n\
-             properties = {{ \"topic.metadata.propagation.max.ms\" = \"3000\" }}\n"
-        ))
-        .replace(
-            "[shutdown]",
-            "[forward]\nunknown_topic_grace = \"40s\"\n[shutdown]",
-        );
+        .config()
+        .routes(&[("lost/#", &missing), ("late/#", &late)])
+        .property("topic.metadata.propagation.max.ms", "3000")
+        .forward("unknown_topic_grace", "40s");
     let mut gw = site.gateway_with(&cfg, &[]);
     let admin = gw.admin;
 

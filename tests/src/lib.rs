@@ -1,6 +1,7 @@
 //! Test harness: real Mosquitto and real Kafka on free loopback ports, the gateway
-//! binary under test, an MQTT publisher that knows what the broker acknowledged, a
-//! Kafka reader, and a checker that reports lost / duplicated / out-of-order messages.
+//! binary under test with its configuration ([`config`]), an MQTT publisher that knows
+//! what the broker acknowledged, a Kafka reader, and a checker that reports lost /
+//! duplicated / out-of-order messages.
 //!
 //! Brokers are started through `scripts/mosquitto-local.sh` and
 //! `scripts/kafka-local.sh` (the same scripts the demo uses), each in its own
@@ -16,6 +17,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub mod checker;
+pub mod config;
 pub mod publisher;
 pub mod qos2pub;
 pub mod soak;

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::checker::{check_with_faults, now_ms, BacklogSampler, BacklogSeries, FaultEvent};
+use crate::config::GatewayConfig;
 use crate::publisher::{publish_resilient_with, ResilientOptions};
 use crate::qos2pub::publish_qos2;
 use crate::{
@@ -106,30 +107,13 @@ pub fn run(bin: &Path, duration: Duration, seed: u64) -> SoakReport {
         .tempdir()
         .unwrap();
     let topic = unique("soak");
-    let cfg = format!(
-        r#"
-gateway_id = "soak"
-[mqtt]
-server_uris = ["tcp://127.0.0.1:{}"]
-client_id = "{}"
-keep_alive = "5s"
-reconnect_max_delay = "1s"
-topics = [{{ filter = "soak/#", qos = 1 }}, {{ filter = "alarms/#", qos = 2 }}]
-[kafka]
-bootstrap_servers = "{}"
-topic = "{topic}"
-[wal]
-dir = "{{wal}}"
-[admin]
-listen = "{{admin}}"
-[shutdown]
-grace_period = "5s"
-"#,
-        m.port,
-        unique("soak-gw"),
-        kafka.bootstrap()
-    );
-    let mut gw = Gateway::start(bin, dir.path(), &cfg);
+    let cfg = GatewayConfig::new(m.port, &kafka.bootstrap())
+        .top("gateway_id", "soak")
+        .mqtt("client_id", unique("soak-gw"))
+        .topics(&[("soak/#", 1), ("alarms/#", 2)])
+        .topic(&topic)
+        .shutdown("grace_period", "5s");
+    let mut gw = Gateway::start(bin, dir.path(), &cfg.toml());
     gw.wait_ready();
 
     // Publishers, until told to stop: QoS 1 over 8 device topics (~2,000 msg/s) and

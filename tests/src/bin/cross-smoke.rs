@@ -12,6 +12,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use harness::config::GatewayConfig;
 use harness::{
     check, consume, distinct_ids, http_get, payload, publish, run_gateway_cmd, unique, wait_until,
     Gateway, Kafka, Mosquitto,
@@ -85,30 +86,10 @@ fn smoke(bin: &std::path::Path) {
         .tempdir()
         .unwrap();
     let topic = unique("cross");
-    let config = format!(
-        r#"
-gateway_id = "cross-smoke"
-log = "info"
-[mqtt]
-server_uris = ["tcp://127.0.0.1:{mqtt}"]
-client_id = "{client}"
-keep_alive = "5s"
-reconnect_max_delay = "1s"
-[kafka]
-bootstrap_servers = "{bootstrap}"
-topic = "{topic}"
-[wal]
-dir = "{{wal}}"
-[admin]
-listen = "{{admin}}"
-[shutdown]
-grace_period = "10s"
-"#,
-        mqtt = mosq.port,
-        client = unique("gw"),
-        bootstrap = kafka.bootstrap(),
-    );
-    let mut gw = Gateway::start(bin, dir.path(), &config);
+    let config = GatewayConfig::new(mosq.port, &kafka.bootstrap())
+        .top("gateway_id", "cross-smoke")
+        .topic(&topic);
+    let mut gw = Gateway::start(bin, dir.path(), &config.toml());
     gw.wait_ready();
     eprintln!("cross-smoke: gateway ready (pid {})", gw.pid());
 
