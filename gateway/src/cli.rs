@@ -183,7 +183,7 @@ fn command_args(c: WalCommand) -> crate::waltool::Command {
 /// operator set `MALLOC_ARENA_MAX`. glibc gives threads that contend for the
 /// allocator arenas of their own, up to 8 per core. Payloads are allocated on the
 /// ingest thread and freed on the WAL, forwarder and librdkafka threads, and each
-/// arena keeps its own free memory. Capping them lowered the peak RSS under full load
+/// arena keeps its own free memory. Capping them lowers the peak RSS under full load
 /// (docs/BENCHMARKS.md, 5).
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -4,7 +4,7 @@
 //! it holds each small PUBLISH to the gateway until the TCP ACK of the previous one
 //! arrives. The gateway's kernel delays that ACK to piggyback it on the gateway's next
 //! packet, and the gateway's next packet is the PUBACK, which waits for the fsync
-//! (`wal.sync_linger`). At 1,000 msg/s that held every message up to the whole
+//! (`wal.sync_linger`). At 1,000 msg/s that holds every message up to the whole
 //! linger on its way *in* (publish -> gateway receive p50 6 ms, p99 12 ms instead of
 //! 0 and 2; docs/BENCHMARKS.md). Asking for a quick ACK after reading sends the
 //! pending ACK at once, so Mosquitto sends the next PUBLISH without waiting.
@@ -16,7 +16,7 @@
 //! that interval ends ([`QuickAck::due`]). So a read is ACKed within 1 ms, and under
 //! load there are at most 1,000 calls (and ACK packets) per second: each extra ACK
 //! makes Mosquitto send smaller segments, which costs both sides CPU. Everything here
-//! is best effort: on failure the gateway works as before, only with the delay.
+//! is best effort: on failure the gateway works without it, only with the delay.
 
 use std::time::{Duration, Instant};
 

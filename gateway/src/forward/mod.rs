@@ -209,8 +209,8 @@ impl Forwarder {
                 self.need_rebuild = Some(why);
             }
             // A producer that holds records without reporting anything for this long
-            // is rebuilt: after Kafka was frozen past the client timeouts, an
-            // idempotent producer was seen to stay silent for good.
+            // is rebuilt: after Kafka is frozen past the client timeouts, an
+            // idempotent producer can stay silent for good (no report, no error).
             if self.window.in_flight() == 0 {
                 self.last_report = Instant::now(); // idle is not silence
             } else if self.need_rebuild.is_none()
@@ -340,7 +340,7 @@ impl Forwarder {
     /// connection once metadata names the broker, so the idempotent producer's first
     /// attempt to get an id finds no broker up and waits for its fixed 500 ms retry
     /// timer, holding every record back (a start with a backlog, and every rebuild,
-    /// lost half a second). A metadata response also runs that state machine, so
+    /// would lose half a second). A metadata response also runs that state machine, so
     /// until the first delivery report, at most every 50 ms for the first 2 s, ask
     /// for the metadata of a topic being sent to; the request waits for a broker to
     /// be up.

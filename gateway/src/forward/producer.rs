@@ -166,9 +166,8 @@ const STALL_MARGIN: Duration = Duration::from_secs(30);
 /// How long a producer may hold records without any delivery report before it is
 /// taken as stuck and rebuilt: [`STALL_MARGIN`] past `topic.metadata.propagation.max.ms`
 /// (30 s by default). Records for a topic that does not exist wait silently that long
-/// before they fail and are parked; a shorter stall timeout rebuilt the producer
-/// first, which restarted their wait, so they were never parked (1 run in 3 of
-/// `unknown_topic::`, with both at 30 s).
+/// before they fail and are parked; a stall timeout no longer than that could rebuild
+/// the producer first, restarting their wait, so they would never be parked.
 pub(super) fn stall_timeout(loaded: &Loaded) -> Duration {
     let propagation_ms = loaded
         .producer_properties

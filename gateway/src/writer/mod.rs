@@ -174,8 +174,9 @@ pub fn run(
 /// How often records past `wal.max_age` are looked for.
 const EXPIRY_EVERY: Duration = Duration::from_secs(1);
 
-/// With `sync_linger` > 0: the least time between two commits (a commit no longer
-/// waits for an fsync, which used to space them out by itself).
+/// With `sync_linger` > 0: the least time between two commits. A commit does not
+/// wait for an fsync then, so nothing else spaces commits out, and under load redb's
+/// per-commit work on batches of a few records would eat the CPU.
 const MIN_COMMIT_INTERVAL: Duration = Duration::from_millis(1);
 
 /// Most appends held in memory while commits fail (beyond it the channel fills and

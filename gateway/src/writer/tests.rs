@@ -164,7 +164,8 @@ fn a_stop_during_sync_linger_syncs_and_acknowledges_first() {
     assert_eq!(r.wal.journal_len(), wal::journal::HEADER_LEN);
 }
 
-/// `wal.commit_linger` > 0 used to panic the WAL thread ("no reactor running").
+/// `wal.commit_linger` > 0: the WAL thread waits for more commands on a tokio timer,
+/// which must be created inside the runtime or it panics ("no reactor running").
 #[test]
 fn commit_linger_commits_after_lingering() {
     let r = start(Duration::from_millis(5), Duration::ZERO);
