@@ -600,7 +600,7 @@ pub fn crash_during_recovery_loses_nothing() -> Result<(), Failed> {
     Ok(())
 }
 
-/// A bounded soak (40 s of random faults) as CI's version of `scripts/soak.sh`.
+/// A bounded soak (40 s of random faults) as CI's version of `cargo xtask soak`.
 pub fn bounded_soak_loses_nothing() -> Result<(), Failed> {
     let seed = 20261126;
     let r = harness::soak::run(bin(), Duration::from_secs(40), seed);

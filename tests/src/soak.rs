@@ -1,6 +1,6 @@
 //! Soak: a random schedule of faults against real brokers while publishers keep
 //! sending (QoS 1 on `soak/#`, QoS 2 on `alarms/#`), then the checker's report. Used by
-//! `scripts/soak.sh` (any duration) and by a bounded end-to-end test in CI.
+//! `cargo xtask soak` (any duration) and by a bounded end-to-end test in CI.
 
 use std::fmt;
 use std::path::Path;

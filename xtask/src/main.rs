@@ -22,7 +22,7 @@ use std::time::Instant;
 
 const USAGE: &str = "usage: cargo xtask <ci|bench|deb|cross|demo|soak> [ARGS]
   ci [CARGO TEST ARGS]   install deps, fmt --check, clippy -D warnings, tests, deb, cross smoke
-  bench [--quick] [...]  the benchmark (cargo xtask bench -- --help for its options)
+  bench [--quick] [...]  the benchmark (cargo xtask bench --help for its options)
   deb --arch A [...]     build the Debian package (scripts/build-deb.sh --help)
   cross [aarch64|armv7|all]  cross-compile for ARM (docs/CROSS.md)
   demo [--keep]          Mosquitto, Kafka and the gateway end to end on this machine
@@ -113,7 +113,8 @@ fn ci(root: &Path, test_args: &[String]) -> Result<(), String> {
     ]);
     steps.push(("cargo clippy -D warnings", clippy));
     let mut test = cargo();
-    test.args(["test", "--workspace", "--locked"]).args(test_args);
+    test.args(["test", "--workspace", "--locked"])
+        .args(test_args);
     steps.push(("cargo test --workspace", test));
     steps.push(("Debian package test", bash("test-deb.sh")));
     steps.push(("aarch64 cross build and smoke test", bash("cross-smoke.sh")));
@@ -149,11 +150,13 @@ fn bench(root: &Path, args: &[String]) -> Result<(), String> {
     run(
         root,
         "release build of the bench tools",
-        cargo().args(["build", "--release", "--locked", "-q", "-p", "mkg-e2e"]).args(
-            ["bench", "loadgen", "latency", "walfill", "mqttsub", "kprod"]
-                .iter()
-                .flat_map(|b| ["--bin", b]),
-        ),
+        cargo()
+            .args(["build", "--release", "--locked", "-q", "-p", "mkg-e2e"])
+            .args(
+                ["bench", "loadgen", "latency", "walfill", "mqttsub", "kprod"]
+                    .iter()
+                    .flat_map(|b| ["--bin", b]),
+            ),
     )?;
     let bin = target_dir(root).join("release/bench");
     run(root, "bench", Command::new(bin).args(args))
@@ -165,7 +168,15 @@ fn soak(root: &Path, args: &[String]) -> Result<(), String> {
     run(
         root,
         "release build of the soak",
-        cargo().args(["build", "--release", "--locked", "-q", "-p", "mkg-e2e", "--bins"]),
+        cargo().args([
+            "build",
+            "--release",
+            "--locked",
+            "-q",
+            "-p",
+            "mkg-e2e",
+            "--bins",
+        ]),
     )?;
     let bin = target_dir(root).join("release/soak");
     run(root, "soak", Command::new(bin).args(args))

@@ -1,4 +1,4 @@
-//! A second drain ceiling for the benchmarks (`scripts/bench.sh`, 2): `kcat -P -K TAB -l`
+//! A second drain ceiling for the benchmarks (`cargo xtask bench`, 2): `kcat -P -K TAB -l`
 //! rebuilt on the gateway's own rdkafka and librdkafka (2.12), so a gap between the
 //! gateway's drain and this figure is the gateway's, not the library version's (the
 //! Debian kcat links librdkafka 2.0).

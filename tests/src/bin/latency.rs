@@ -1,4 +1,4 @@
-//! Publish -> readable-in-Kafka latency meter of the benchmarks (`scripts/bench.sh`).
+//! Publish -> readable-in-Kafka latency meter of the benchmarks (`cargo xtask bench`).
 //!
 //! ```text
 //! latency --bootstrap 127.0.0.1:9092 --topic bench --run-id RUN --messages N [--timeout SECS]

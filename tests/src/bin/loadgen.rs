@@ -1,4 +1,4 @@
-//! MQTT load generator of the benchmarks (`scripts/bench.sh`, docs/BENCHMARKS.md).
+//! MQTT load generator of the benchmarks (`cargo xtask bench`, docs/BENCHMARKS.md).
 //!
 //! ```text
 //! loadgen --port 1883 [--host 127.0.0.1] --publishers 4 --messages 2000000 \

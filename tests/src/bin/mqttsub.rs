@@ -1,4 +1,4 @@
-//! The second ingest ceiling of the benchmarks (`scripts/bench.sh`): a plain rumqttc
+//! The second ingest ceiling of the benchmarks (`cargo xtask bench`): a plain rumqttc
 //! QoS 1 subscriber that acknowledges every message at once (rumqttc's automatic
 //! acks, written in bulk per read) and does nothing else.
 //!

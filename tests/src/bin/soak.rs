@@ -1,6 +1,6 @@
 //! `soak [--minutes N] [--seed S]`: random faults against real brokers while
 //! publishers keep sending, then the checker's report. Exit 1 if anything was lost or
-//! reordered. Run it through `scripts/soak.sh`.
+//! reordered. Run it through `cargo xtask soak`.
 use std::time::Duration;
 
 fn main() -> std::process::ExitCode {

@@ -1,5 +1,5 @@
 //! Build a WAL backlog directly through the `wal` crate, for the benchmarks
-//! (`scripts/bench.sh`): publishing 10M messages through MQTT takes minutes, this takes
+//! (`cargo xtask bench`): publishing 10M messages through MQTT takes minutes, this takes
 //! seconds and writes the same records the gateway writes (same `Wal::commit`, same
 //! format: topic, payload, QoS 1, receive time).
 //!

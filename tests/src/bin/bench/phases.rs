@@ -1,0 +1,519 @@
+//! The phases of a run, in the order they run: 1 ingest, then 3 / 4 / 5 / 6 on one
+//! gateway with an empty WAL, 2 drain, 7 start with the big backlog, and the check
+//! that every message is in Kafka.
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::probe::{self, Metrics};
+use crate::{
+    last_json, now_ms, read_topic, round1, round2, say, wait_sampling, write_records, Bench, Res,
+    Running,
+};
+
+impl Bench<'_> {
+    /// 1. Ingest vs Mosquitto's ceiling.
+    pub(crate) fn ingest(&mut self) -> Res<()> {
+        let n = self.o.ingest;
+        say(format!(
+            "1a. Mosquitto ceiling: {n} messages to mosquitto_sub -q 1"
+        ));
+        let mut sub = Command::new("mosquitto_sub")
+            .args([
+                "-p",
+                &self.mq.port.to_string(),
+                "-q",
+                "1",
+                "-i",
+                "ceiling",
+                "-t",
+                "ceil/#",
+            ])
+            .args(["-C", &n.to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("mosquitto_sub: {e}"))?;
+        self.wait_connected("ceiling")?;
+        let mq_pid = self.mq.pid().ok_or("Mosquitto not running")? as u32;
+        let m0 = probe::cpu_ticks(mq_pid);
+        let lg = self.loadgen_cmd("ceil/dev", n, "ceil", 0)?;
+        let (end_ms, sub_ticks) = wait_sampling(&mut sub, "mosquitto_sub")?;
+        let lg = self.loadgen_done(lg, "ceil")?;
+        let start = lg["start_unix_ms"].as_u64().unwrap_or(0);
+        self.r.put(
+            "ceiling_mq_cpu_us",
+            self.us_per_msg(probe::cpu_ticks(mq_pid) - m0, n),
+        );
+        self.r
+            .put("ceiling_sub_cpu_us", self.us_per_msg(sub_ticks, n));
+        let c_rate = n * 1000 / (end_ms - start).max(1);
+        self.r.put("ceiling_c_rate", c_rate);
+        self.r.put("ceiling_pub_rate", lg["acked_rate"].clone());
+
+        // The second ceiling: a rumqttc subscriber with automatic acks (written in bulk
+        // per read, like the gateway's). The better of the two is the ceiling.
+        say(format!(
+            "1a. Mosquitto ceiling: {n} messages to a rumqttc QoS 1 subscriber (mqttsub)"
+        ));
+        let err_path = self.dir.join("mqttsub.err");
+        let sub = self
+            .tool("mqttsub")
+            .args(["--port", &self.mq.port.to_string(), "--topic", "ceil2/#"])
+            .args(["--messages", &n.to_string(), "--client-id", "ceiling2"])
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&err_path).map_err(|e| e.to_string())?)
+            .spawn()
+            .map_err(|e| format!("mqttsub: {e}"))?;
+        self.wait_ready_line(&err_path, "mqttsub")?;
+        let lg = self.loadgen("ceil2/dev", n, "ceil2", 0)?;
+        let out = sub.wait_with_output().map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "mqttsub failed: {}",
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            ));
+        }
+        let end = last_json(&out.stdout, "mqttsub")?["end_unix_ms"]
+            .as_u64()
+            .unwrap_or(0);
+        let start = lg["start_unix_ms"].as_u64().unwrap_or(0);
+        let rust_rate = n * 1000 / (end - start).max(1);
+        self.r.put("ceiling_rust_rate", rust_rate);
+        self.r.put("ceiling_rate", c_rate.max(rust_rate));
+
+        say(format!(
+            "1b. gateway ingest with Kafka stopped: {n} messages"
+        ));
+        // Nothing listens on this port: Kafka is "stopped".
+        let dead = format!("127.0.0.1:{}", harness::free_port());
+        let wal = self.dir.join("wal-ingest");
+        let mut gw = self.gateway("ingest", &wal, &dead, "bench", "ingest/#")?;
+        let a0 = Metrics::scrape(gw.admin()).get("mkg_mqtt_messages_acked_total");
+        let (g0, m0) = (probe::cpu_ticks(gw.pid()), probe::cpu_ticks(mq_pid));
+        let threads0 = probe::thread_ticks(gw.pid());
+        let lg = self.loadgen("ingest/dev", n, "ingest", 0)?;
+        let done = gw.wait_metric(
+            "commit and acknowledge every message",
+            Duration::from_secs(300),
+            |m| {
+                m.get("mkg_mqtt_messages_acked_total") >= a0 + n
+                    && m.get("mkg_wal_records_committed_total") >= a0 + n
+            },
+        )?;
+        let start = lg["start_unix_ms"].as_u64().unwrap_or(0);
+        self.r.put("ingest_rate", n * 1000 / (done - start).max(1));
+        self.r.put(
+            "ingest_commits",
+            Metrics::scrape(gw.admin()).get("mkg_wal_commits_total"),
+        );
+        self.r.put(
+            "ingest_gw_cpu_us",
+            self.us_per_msg(probe::cpu_ticks(gw.pid()) - g0, n),
+        );
+        self.r.put(
+            "ingest_mq_cpu_us",
+            self.us_per_msg(probe::cpu_ticks(mq_pid) - m0, n),
+        );
+        let threads1 = probe::thread_ticks(gw.pid());
+        self.r.put(
+            "ingest_threads",
+            probe::threads_per_msg(&threads0, &threads1, n, self.hz),
+        );
+        gw.stop();
+        let _ = std::fs::remove_dir_all(wal);
+        Ok(())
+    }
+
+    /// 3, 4, 5 and 6 on one gateway with an empty WAL.
+    pub(crate) fn live(&mut self) -> Res<()> {
+        let o = self.o;
+        say("starting the gateway for end to end and latency");
+        let boot = self.bootstrap();
+        let mut gw = self.gateway("live", &self.dir.join("wal-live"), &boot, "bench", "load/#")?;
+        let pid = gw.pid();
+        // Warm-up: connections, metadata, first batches.
+        self.loadgen("load/warm", 2000, "warm", 0)?;
+        gw.wait_metric("the warm-up in Kafka", Duration::from_secs(120), |m| {
+            m.get("mkg_kafka_records_forwarded_total") >= 2000 && m.get("mkg_backlog_records") == 0
+        })?;
+        // Idle is idle: after the warm-up's batches and timers have settled.
+        std::thread::sleep(Duration::from_secs(3));
+        self.r.put("rss_idle_kb", probe::status_kb(pid, "VmRSS"));
+
+        let n = o.e2e;
+        say(format!("3a. end to end: {n} messages through the gateway"));
+        let mq_pid = self.mq.pid().ok_or("Mosquitto not running")? as u32;
+        let k_pid = self.kafka.pid().ok_or("Kafka not running")? as u32;
+        let m = Metrics::scrape(gw.admin());
+        let (c0, k0) = (
+            m.get("mkg_wal_records_committed_total"),
+            m.get("mkg_wal_commits_total"),
+        );
+        probe::reset_hwm(pid);
+        let w0 = probe::write_bytes(pid);
+        let (g0, mq0, kc0) = (
+            probe::cpu_ticks(pid),
+            probe::cpu_ticks(mq_pid),
+            probe::cpu_ticks(k_pid),
+        );
+        let threads0 = probe::thread_ticks(pid);
+        let lg = self.loadgen_cmd("load/dev", n, "e2e", 0)?;
+        let done = gw.wait_metric("every message forwarded", Duration::from_secs(900), |m| {
+            m.get("mkg_wal_records_committed_total") >= c0 + n && m.get("mkg_backlog_records") == 0
+        })?;
+        let lg = self.loadgen_done(lg, "e2e")?;
+        let start = lg["start_unix_ms"].as_u64().unwrap_or(0);
+        self.r.put("e2e_rate", n * 1000 / (done - start).max(1));
+        self.r.put("e2e_ingest_rate", lg["acked_rate"].clone());
+        self.r.put("rss_load_kb", probe::status_kb(pid, "VmHWM"));
+        let payload_bytes = (n * o.size as u64) as f64;
+        self.r.put(
+            "wa_full",
+            round2((probe::write_bytes(pid) - w0) as f64 / payload_bytes),
+        );
+        let m = Metrics::scrape(gw.admin());
+        let commits = m.get("mkg_wal_commits_total").saturating_sub(k0).max(1);
+        self.r.put(
+            "e2e_batch",
+            round1((m.get("mkg_wal_records_committed_total") - c0) as f64 / commits as f64),
+        );
+        self.r.put(
+            "e2e_gw_cpu_us",
+            self.us_per_msg(probe::cpu_ticks(pid) - g0, n),
+        );
+        self.r.put(
+            "e2e_mq_cpu_us",
+            self.us_per_msg(probe::cpu_ticks(mq_pid) - mq0, n),
+        );
+        self.r.put(
+            "e2e_kafka_cpu_us",
+            self.us_per_msg(probe::cpu_ticks(k_pid) - kc0, n),
+        );
+        let threads1 = probe::thread_ticks(pid);
+        self.r.put(
+            "e2e_threads",
+            probe::threads_per_msg(&threads0, &threads1, n, self.hz),
+        );
+
+        self.naive(n)?;
+        for rate in [1000, 10000] {
+            self.latency(&mut gw, rate)?;
+        }
+        gw.stop();
+        Ok(())
+    }
+
+    /// 3b. The naive pipeline: `mosquitto_sub -q 1 | kcat -P`, not durable.
+    fn naive(&mut self, n: u64) -> Res<()> {
+        say(format!(
+            "3b. naive pipeline: mosquitto_sub -q 1 | kcat -P, {n} messages"
+        ));
+        let mut sub = Command::new("mosquitto_sub")
+            .args([
+                "-p",
+                &self.mq.port.to_string(),
+                "-q",
+                "1",
+                "-i",
+                "naive",
+                "-t",
+                "naive/#",
+            ])
+            .args(["-C", &n.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("mosquitto_sub: {e}"))?;
+        let mut kcat = Command::new("kcat")
+            .args(["-P", "-b", &self.bootstrap(), "-t", "naive"])
+            .args([
+                "-X",
+                "acks=all",
+                "-X",
+                "enable.idempotence=true",
+                "-X",
+                "linger.ms=5",
+            ])
+            .args([
+                "-X",
+                "batch.num.messages=10000",
+                "-X",
+                "queue.buffering.max.messages=1000000",
+            ])
+            .stdin(sub.stdout.take().ok_or("no pipe")?)
+            .spawn()
+            .map_err(|e| format!("kcat: {e}"))?;
+        self.wait_connected("naive")?;
+        let lg = self.loadgen_cmd("naive/dev", n, "naive", 0)?;
+        let (end_ms, _) = wait_sampling(&mut kcat, "kcat -P (naive)")?;
+        sub.wait().map_err(|e| e.to_string())?;
+        let lg = self.loadgen_done(lg, "naive")?;
+        let start = lg["start_unix_ms"].as_u64().unwrap_or(0);
+        self.r.put("naive_rate", n * 1000 / (end_ms - start).max(1));
+        let count = read_topic(&self.bootstrap(), "naive", |_| {})?;
+        self.r.put("naive_in_kafka", count);
+        Ok(())
+    }
+
+    /// 4. Latency at `rate` msg/s, with the WAL's commit and disk figures at that rate.
+    fn latency(&mut self, gw: &mut Running, rate: u64) -> Res<()> {
+        let o = self.o;
+        let n = rate * o.lat_secs;
+        let run_id = format!("lat{rate}");
+        say(format!("4. latency at {rate} msg/s: {n} messages"));
+        let err_path = self.dir.join(format!("latency_{rate}.err"));
+        let lat = self
+            .tool("latency")
+            .args([
+                "--bootstrap",
+                &self.bootstrap(),
+                "--topic",
+                "bench",
+                "--run-id",
+                &run_id,
+            ])
+            .args([
+                "--messages",
+                &n.to_string(),
+                "--timeout",
+                &(o.lat_secs + 120).to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&err_path).map_err(|e| e.to_string())?)
+            .spawn()
+            .map_err(|e| format!("latency: {e}"))?;
+        self.wait_ready_line(&err_path, "latency consumer")?;
+        let pid = gw.pid();
+        let m0 = Metrics::scrape(gw.admin());
+        let w0 = probe::write_bytes(pid);
+        self.loadgen("load/lat", n, &run_id, rate)?;
+        let out = lat.wait_with_output().map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "latency at {rate}: {}",
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            ));
+        }
+        self.r.put(
+            &format!("latency_{rate}"),
+            last_json(&out.stdout, "latency")?,
+        );
+        gw.wait_metric("an empty backlog", Duration::from_secs(60), |m| {
+            m.get("mkg_backlog_records") == 0
+        })?;
+        let m1 = Metrics::scrape(gw.admin());
+        let d = |k: &str| m1.get(k).saturating_sub(m0.get(k));
+        let (records, commits, syncs) = (
+            d("mkg_wal_records_committed_total"),
+            d("mkg_wal_commits_total"),
+            d("mkg_wal_syncs_total"),
+        );
+        let secs = o.lat_secs as f64;
+        self.r.put(
+            &format!("wa_{rate}"),
+            round2((probe::write_bytes(pid) - w0) as f64 / (n * o.size as u64) as f64),
+        );
+        self.r.put(
+            &format!("batch_{rate}"),
+            round1(records as f64 / commits.max(1) as f64),
+        );
+        self.r.put(
+            &format!("commits_per_s_{rate}"),
+            (commits as f64 / secs).round() as u64,
+        );
+        self.r.put(
+            &format!("sync_batch_{rate}"),
+            round1(records as f64 / syncs.max(1) as f64),
+        );
+        self.r.put(
+            &format!("syncs_per_s_{rate}"),
+            (syncs as f64 / secs).round() as u64,
+        );
+        self.r.put(
+            &format!("commit_times_{rate}"),
+            probe::commit_times(&m0, &m1),
+        );
+        Ok(())
+    }
+
+    /// 2. Drain vs `kcat -P` and `kprod` producing the same records from a file.
+    pub(crate) fn drain(&mut self) -> Res<()> {
+        let o = self.o;
+        let n = o.backlog;
+        let k_pid = self.kafka.pid().ok_or("Kafka not running")? as u32;
+        say(format!("2a. kcat -P: {n} records from a file"));
+        let records = self.dir.join("records.txt");
+        write_records(&records, n, o.size, o.publishers as u64)?;
+        let headers = [
+            "mqtt.topic=load/dev/0/0",
+            "mqtt.qos=1",
+            "mqtt.retain=false",
+            "gateway.received_at_ms=1700000000000",
+            "gateway.id=bench-drain",
+            "gateway.seq=1234567",
+        ];
+        let t0 = now_ms();
+        let kk0 = probe::cpu_ticks(k_pid);
+        let mut kcat = Command::new("kcat");
+        kcat.args([
+            "-P",
+            "-b",
+            &self.bootstrap(),
+            "-t",
+            "kcatref",
+            "-K",
+            "\t",
+            "-l",
+        ])
+        .args([
+            "-X",
+            "acks=all",
+            "-X",
+            "enable.idempotence=true",
+            "-X",
+            "linger.ms=5",
+        ])
+        .args([
+            "-X",
+            "batch.num.messages=10000",
+            "-X",
+            "queue.buffering.max.messages=1000000",
+        ]);
+        for h in headers {
+            kcat.args(["-H", h]);
+        }
+        let status = kcat
+            .arg(&records)
+            .status()
+            .map_err(|e| format!("kcat: {e}"))?;
+        if !status.success() {
+            return Err(format!("kcat -P failed ({status})"));
+        }
+        self.r.put("kcat_rate", n * 1000 / (now_ms() - t0).max(1));
+        self.r.put(
+            "kcat_kafka_cpu_us",
+            self.us_per_msg(probe::cpu_ticks(k_pid) - kk0, n),
+        );
+        // The same records through the gateway's own librdkafka (kcat links Debian's,
+        // an older one): what the client library alone reaches here.
+        say(format!(
+            "2a. kprod (kcat -P on the gateway's librdkafka): {n} records from a file"
+        ));
+        let mut kprod = self.tool("kprod");
+        kprod
+            .args([
+                "--bootstrap",
+                &self.bootstrap(),
+                "--topic",
+                "kprodref",
+                "--file",
+            ])
+            .arg(&records);
+        for h in headers {
+            kprod.args(["--header", h]);
+        }
+        let out = kprod.output().map_err(|e| format!("kprod: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "kprod failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        self.r.put("kprod", last_json(&out.stdout, "kprod")?);
+        let _ = std::fs::remove_file(&records);
+
+        say(format!("2b. gateway drain of a {n}-record backlog"));
+        let kd0 = probe::cpu_ticks(k_pid);
+        let wal = self.dir.join("wal-backlog");
+        let boot = self.bootstrap();
+        let mut gw = self.gateway("drain", &wal, &boot, "bench", "load/#")?;
+        self.r.put("ready_backlog_ms", gw.ready_ms - gw.exec_ms);
+        let done = gw.wait_metric("the backlog drained", Duration::from_secs(600), |m| {
+            m.get("mkg_backlog_records") == 0 && m.get("mkg_kafka_records_forwarded_total") >= n
+        })?;
+        let pid = gw.pid();
+        self.r
+            .put("drain_rate", n * 1000 / (done - gw.exec_ms).max(1));
+        self.r
+            .put("drain_gw_cpu_us", self.us_per_msg(probe::cpu_ticks(pid), n));
+        self.r.put(
+            "drain_kafka_cpu_us",
+            self.us_per_msg(probe::cpu_ticks(k_pid) - kd0, n),
+        );
+        let threads = probe::thread_ticks(pid);
+        self.r.put(
+            "drain_threads",
+            probe::threads_per_msg(&Default::default(), &threads, n, self.hz),
+        );
+        self.r.put("rss_backlog_kb", probe::status_kb(pid, "VmHWM"));
+        gw.stop();
+        let _ = std::fs::remove_dir_all(wal);
+        Ok(())
+    }
+
+    /// 7. Start to ready with the big backlog; 5. the peak RSS while it drains.
+    pub(crate) fn big(&mut self) -> Res<()> {
+        let o = self.o;
+        say(format!(
+            "7. start to ready with {} records; draining for {} s",
+            o.big, o.big_secs
+        ));
+        let boot = self.bootstrap();
+        let gw = self.gateway("big", &self.dir.join("wal-big"), &boot, "big", "big/#")?;
+        self.r.put("ready_big_ms", gw.ready_ms - gw.exec_ms);
+        std::thread::sleep(Duration::from_secs(o.big_secs));
+        let forwarded = Metrics::scrape(gw.admin()).get("mkg_kafka_records_forwarded_total");
+        self.r.put(
+            "big_drain_rate",
+            forwarded * 1000 / (now_ms() - gw.exec_ms).max(1),
+        );
+        self.r
+            .put("rss_big_kb", probe::status_kb(gw.pid(), "VmHWM"));
+        gw.stop();
+        Ok(())
+    }
+
+    /// Nothing lost: every message of every run that went through the gateway into
+    /// topic `bench` is there (distinct `PUBID:SEQ` per run; duplicates counted).
+    pub(crate) fn kafka_check(&mut self) -> Res<()> {
+        say("checking topic bench");
+        let mut runs: HashMap<String, (HashSet<(u32, u64)>, u64)> = HashMap::new();
+        read_topic(&self.bootstrap(), "bench", |line| {
+            let mut parts = line.splitn(3, ':');
+            let (Some(publisher), Some(seq)) = (parts.next(), parts.next()) else {
+                return;
+            };
+            let (Some((run, idx)), Ok(seq)) = (publisher.rsplit_once('-'), seq.parse::<u64>())
+            else {
+                return;
+            };
+            let Ok(idx) = idx.parse::<u32>() else { return };
+            let e = runs.entry(run.to_string()).or_default();
+            if !e.0.insert((idx, seq)) {
+                e.1 += 1;
+            }
+        })?;
+        let mut names: Vec<&String> = runs.keys().collect();
+        names.sort();
+        let summary: Vec<String> = names
+            .iter()
+            .map(|r| format!("{r} {} distinct + {} dup", runs[*r].0.len(), runs[*r].1))
+            .collect();
+        self.r.put("kafka_check", summary.join(", "));
+        let o = self.o;
+        for (run, want) in [
+            ("e2e", o.e2e),
+            ("lat1000", 1000 * o.lat_secs),
+            ("lat10000", 10000 * o.lat_secs),
+            ("backlog", o.backlog),
+        ] {
+            let got = runs.get(run).map_or(0, |e| e.0.len() as u64);
+            if got != want {
+                return Err(format!(
+                    "topic bench holds {got} distinct messages of run {run}, expected {want}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}

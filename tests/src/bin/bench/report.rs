@@ -1,0 +1,312 @@
+//! The results of one run: every figure by name (also written as one JSON line with
+//! `--results`), and the table and detail lines printed at the end.
+
+use serde_json::{Map, Value};
+
+/// Every figure of a run by name.
+#[derive(Debug, Default)]
+pub struct Results(pub Map<String, Value>);
+
+impl Results {
+    /// Record a figure.
+    pub fn put(&mut self, key: &str, v: impl Into<Value>) {
+        self.0.insert(key.to_string(), v.into());
+    }
+
+    fn v(&self, path: &str) -> &Value {
+        let mut v = self.0.get(path.split('.').next().unwrap_or(path));
+        for part in path.split('.').skip(1) {
+            v = v.and_then(|x| x.get(part));
+        }
+        v.unwrap_or(&Value::Null)
+    }
+
+    /// A number (0 if missing).
+    pub fn f(&self, path: &str) -> f64 {
+        self.v(path).as_f64().unwrap_or(0.0)
+    }
+
+    /// An integer (0 if missing).
+    pub fn n(&self, path: &str) -> u64 {
+        self.f(path).round() as u64
+    }
+
+    /// A value as text.
+    pub fn s(&self, path: &str) -> String {
+        match self.v(path) {
+            Value::String(s) => s.clone(),
+            Value::Null => String::new(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// `1234567` as `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A number as JSON shows it: integers without a fraction.
+fn num(x: f64) -> String {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        format!("{}", x as i64)
+    } else {
+        format!("{x}")
+    }
+}
+
+fn mib(kb: u64) -> String {
+    format!("{:.1} MiB", kb as f64 / 1024.0)
+}
+
+/// The table (markdown) and the detail lines; whether every target was met.
+pub fn render(r: &Results) -> (String, bool) {
+    let mut rows: Vec<[String; 7]> = Vec::new();
+    let mut all_met = true;
+    let mut row =
+        |n: u32, what: String, fig: String, ceil: &str, ratio: String, target: &str, ok: bool| {
+            all_met &= ok;
+            rows.push([
+                n.to_string(),
+                what,
+                fig,
+                ceil.to_string(),
+                ratio,
+                target.to_string(),
+                if ok { "pass" } else { "MISS" }.to_string(),
+            ]);
+        };
+    let t = thousands;
+    let (ir, cr) = (r.n("ingest_rate"), r.n("ceiling_rate"));
+    let best = if r.n("ceiling_c_rate") >= r.n("ceiling_rust_rate") {
+        "mosquitto_sub -q 1"
+    } else {
+        "rumqttc subscriber"
+    };
+    row(
+        1,
+        "durable ingest, Kafka stopped".into(),
+        format!("{} msg/s", t(ir)),
+        &format!("{} msg/s ({best})", t(cr)),
+        format!("{:.2}", ir as f64 / cr.max(1) as f64),
+        ">= 0.9",
+        ir as f64 >= 0.9 * cr as f64,
+    );
+    let (dr, kr) = (r.n("drain_rate"), r.n("kcat_rate"));
+    let backlog = t(r.n("walfill_backlog.records"));
+    let big = t(r.n("walfill_big.records"));
+    row(
+        2,
+        format!("drain of {backlog} records"),
+        format!("{} msg/s", t(dr)),
+        &format!("{} msg/s (kcat -P)", t(kr)),
+        format!("{:.2}", dr as f64 / kr.max(1) as f64),
+        ">= 0.8",
+        dr as f64 >= 0.8 * kr as f64,
+    );
+    let (er, nr) = (r.n("e2e_rate"), r.n("naive_rate"));
+    row(
+        3,
+        "end to end, durable".into(),
+        format!("{} msg/s", t(er)),
+        &format!("{} msg/s (mosquitto_sub \\| kcat -P)", t(nr)),
+        format!("{:.2}", er as f64 / nr.max(1) as f64),
+        ">= 1.0",
+        er >= nr,
+    );
+    for rate in [1000u64, 10000] {
+        let l = |k: &str| num(r.f(&format!("latency_{rate}.{k}")));
+        let p99 = r.f(&format!("latency_{rate}.p99_ms"));
+        let (target, ok) = if rate == 1000 {
+            ("p99 <= 20 ms", p99 <= 20.0)
+        } else {
+            ("-", true)
+        };
+        row(
+            4,
+            format!("latency at {}/s p50 / p99 / p99.9", t(rate)),
+            format!("{} / {} / {} ms", l("p50_ms"), l("p99_ms"), l("p999_ms")),
+            "-",
+            "-".into(),
+            target,
+            ok,
+        );
+    }
+    row(
+        5,
+        "RSS idle".into(),
+        mib(r.n("rss_idle_kb")),
+        "-",
+        "-".into(),
+        "-",
+        true,
+    );
+    row(
+        5,
+        "RSS peak under full load (3)".into(),
+        mib(r.n("rss_load_kb")),
+        "-",
+        "-".into(),
+        "<= 60 MB",
+        r.n("rss_load_kb") as f64 * 1024.0 <= 60e6,
+    );
+    let (b1, b2) = (r.n("rss_backlog_kb"), r.n("rss_big_kb"));
+    row(
+        5,
+        format!("RSS peak draining {backlog} backlog"),
+        mib(b1),
+        "-",
+        "-".into(),
+        "-",
+        true,
+    );
+    row(
+        5,
+        format!("RSS peak with {big} backlog (start + drain)"),
+        mib(b2),
+        &format!("{} (smaller backlog)", mib(b1)),
+        format!("{:.2}", b2 as f64 / b1.max(1) as f64),
+        "no growth (<= 1.1)",
+        b2 as f64 <= 1.1 * b1 as f64,
+    );
+    row(
+        6,
+        "disk bytes / payload byte at 1,000/s".into(),
+        num(r.f("wa_1000")),
+        "-",
+        "-".into(),
+        "<= 3",
+        r.f("wa_1000") <= 3.0,
+    );
+    row(
+        6,
+        "disk bytes / payload byte at full speed (3)".into(),
+        num(r.f("wa_full")),
+        "-",
+        "-".into(),
+        "-",
+        true,
+    );
+    row(
+        7,
+        format!("start to ready, {big} backlog"),
+        format!("{} ms", r.n("ready_big_ms")),
+        &format!("{} ms ({backlog} backlog)", r.n("ready_backlog_ms")),
+        "-".into(),
+        "<= 1 s",
+        r.n("ready_big_ms") <= 1000,
+    );
+    let sb = r.n("bin_stripped_bytes");
+    row(
+        8,
+        "release binary, stripped".into(),
+        format!("{:.1} MiB ({} B)", sb as f64 / (1u64 << 20) as f64, t(sb)),
+        "-",
+        "-".into(),
+        "-",
+        true,
+    );
+
+    let mut out =
+        String::from("\n| # | measurement | figure | ceiling | ratio | target | result |\n");
+    out.push_str("|---|---|---|---|---|---|---|\n");
+    for x in &rows {
+        out.push_str(&format!("| {} |\n", x.join(" | ")));
+    }
+    out.push('\n');
+    let kp = r.n("kprod.rate");
+    let lines = [
+        format!(
+            "run: {}, git {}, {} s, machine busy {}% (load avg {}), 4 KiB write+fdatasync {} us, Mosquitto drop log lines {}",
+            r.s("mode"), r.s("git"), r.n("wall_s"), r.n("busy_pct"), r.s("other_load"), r.n("fsync_us"), r.n("mq_drop_lines")
+        ),
+        format!(
+            "details: publishers' ack rate in 1a {} msg/s, in 3 {} msg/s; records per WAL commit: full speed {}, 1,000/s {} ({} commits/s), 10,000/s {}; records per fsync: 1,000/s {} ({} fsyncs/s), 10,000/s {}; disk bytes/payload byte at 10,000/s {}; gateway CPU {} us/msg at full speed; naive pipeline delivered {} records; drain rate over the first seconds of the big backlog {} msg/s; binary before strip {} B",
+            t(r.n("ceiling_pub_rate")), t(r.n("e2e_ingest_rate")), num(r.f("e2e_batch")), num(r.f("batch_1000")),
+            r.n("commits_per_s_1000"), num(r.f("batch_10000")), num(r.f("sync_batch_1000")), r.n("syncs_per_s_1000"),
+            num(r.f("sync_batch_10000")), num(r.f("wa_10000")), num(r.f("e2e_gw_cpu_us")), t(r.n("naive_in_kafka")),
+            t(r.n("big_drain_rate")), t(r.n("bin_bytes"))
+        ),
+        format!(
+            "ceilings in 2: kcat -P (librdkafka 2.0) {} msg/s; kprod, the same on the gateway's librdkafka 2.12, {} msg/s: drain / kprod {:.2}",
+            t(kr), t(kp), dr as f64 / kp.max(1) as f64
+        ),
+        format!(
+            "ceilings in 1: mosquitto_sub -q 1 {} msg/s, rumqttc subscriber (mqttsub) {} msg/s",
+            t(r.n("ceiling_c_rate")), t(r.n("ceiling_rust_rate"))
+        ),
+        format!(
+            "CPU us/msg in 1: ceiling (mosquitto_sub run): Mosquitto {}, mosquitto_sub {}; ingest: Mosquitto {}, gateway {} ({})",
+            num(r.f("ceiling_mq_cpu_us")), num(r.f("ceiling_sub_cpu_us")), num(r.f("ingest_mq_cpu_us")),
+            num(r.f("ingest_gw_cpu_us")), r.s("ingest_threads")
+        ),
+        format!(
+            "CPU us/msg in 2: gateway {} (whole process incl. start: {}), Kafka {} (gateway) vs {} (kcat)",
+            num(r.f("drain_gw_cpu_us")), r.s("drain_threads"), num(r.f("drain_kafka_cpu_us")), num(r.f("kcat_kafka_cpu_us"))
+        ),
+        format!(
+            "CPU us/msg at full speed (3): gateway {} ({}), Mosquitto {}, Kafka {}",
+            num(r.f("e2e_gw_cpu_us")), r.s("e2e_threads"), num(r.f("e2e_mq_cpu_us")), num(r.f("e2e_kafka_cpu_us"))
+        ),
+    ];
+    for l in lines {
+        out.push_str(&l);
+        out.push('\n');
+    }
+    for rate in [1000u64, 10000] {
+        let l = |k: &str| r.f(&format!("latency_{rate}.{k}"));
+        out.push_str(&format!(
+            "latency at {}/s: publish -> gateway receive p50 {} ms, p99 {} ms; p90 {} ms, max {} ms, {} received, {} duplicates\n",
+            t(rate), num(l("to_gateway_p50_ms")), num(l("to_gateway_p99_ms")), num(l("p90_ms")), num(l("max_ms")),
+            t(l("received") as u64), num(l("duplicates"))
+        ));
+    }
+    for rate in [1000u64, 10000] {
+        out.push_str(&format!(
+            "WAL fsync times at {}/s: {}\n",
+            t(rate),
+            r.s(&format!("commit_times_{rate}"))
+        ));
+    }
+    out.push_str(&format!(
+        "disk bytes written per WAL fsync at 1,000/s: {} (bytes/payload byte x payload size x records/fsync)\n",
+        t((r.f("wa_1000") * r.f("size") * r.f("sync_batch_1000")).round() as u64)
+    ));
+    out.push_str(&format!(
+        "Kafka check (topic bench, per run): {}\n",
+        r.s("kafka_check")
+    ));
+    (out, all_met)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(14_744_944), "14,744,944");
+    }
+
+    #[test]
+    fn a_missed_target_is_reported() {
+        let mut r = Results::default();
+        r.put("ingest_rate", 50);
+        r.put("ceiling_rate", 100);
+        let (table, met) = render(&r);
+        assert!(!met);
+        assert!(table.contains("| 1 | durable ingest, Kafka stopped | 50 msg/s | 100 msg/s"));
+        assert!(table.contains("MISS"));
+    }
+}
