@@ -463,6 +463,25 @@ impl Gateway {
         }
     }
 
+    /// Wait until the admin API answers and the broker acknowledged the gateway's
+    /// subscriptions (SUBACK): what is published from then on reaches it even on a
+    /// first connection, while `/readyz` may still say 503 (Kafka unreachable).
+    pub fn wait_subscribed(&mut self) {
+        self.wait_serving();
+        let admin = self.admin;
+        wait_until(
+            "the gateway's MQTT subscriptions",
+            Duration::from_secs(60),
+            || {
+                http_get(admin, "/status").is_ok_and(|(s, body)| {
+                    s == 200
+                        && serde_json::from_str::<serde_json::Value>(&body)
+                            .is_ok_and(|v| v["mqtt"]["subscribed"] == true)
+                })
+            },
+        );
+    }
+
     /// Wait until `/readyz` says ready (MQTT connected, WAL writable).
     pub fn wait_ready(&mut self) {
         self.wait_serving();
