@@ -81,6 +81,13 @@ fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
+/// `cargo build --release --locked -q -p PACKAGE`.
+fn release_build(package: &str) -> Command {
+    let mut c = cargo();
+    c.args(["build", "--release", "--locked", "-q", "-p", package]);
+    c
+}
+
 fn bash(script: &str) -> Command {
     let mut c = Command::new("bash");
     c.arg(format!("scripts/{script}"));
@@ -138,25 +145,16 @@ fn bench(root: &Path, args: &[String]) -> Result<(), String> {
     run(
         root,
         "release build of the gateway",
-        cargo().args([
-            "build",
-            "--release",
-            "--locked",
-            "-q",
-            "-p",
-            "mqtt-kafka-gateway",
-        ]),
+        &mut release_build("mqtt-kafka-gateway"),
     )?;
     run(
         root,
         "release build of the bench tools",
-        cargo()
-            .args(["build", "--release", "--locked", "-q", "-p", "mkg-e2e"])
-            .args(
-                ["bench", "loadgen", "latency", "walfill", "mqttsub", "kprod"]
-                    .iter()
-                    .flat_map(|b| ["--bin", b]),
-            ),
+        release_build("mkg-e2e").args(
+            ["bench", "loadgen", "latency", "walfill", "mqttsub", "kprod"]
+                .iter()
+                .flat_map(|b| ["--bin", b]),
+        ),
     )?;
     let bin = target_dir(root).join("release/bench");
     run(root, "bench", Command::new(bin).args(args))
@@ -168,15 +166,7 @@ fn soak(root: &Path, args: &[String]) -> Result<(), String> {
     run(
         root,
         "release build of the soak",
-        cargo().args([
-            "build",
-            "--release",
-            "--locked",
-            "-q",
-            "-p",
-            "mkg-e2e",
-            "--bins",
-        ]),
+        release_build("mkg-e2e").arg("--bins"),
     )?;
     let bin = target_dir(root).join("release/soak");
     run(root, "soak", Command::new(bin).args(args))

@@ -451,6 +451,16 @@ impl Bench<'_> {
         self.loadgen_done(child, run_id)
     }
 
+    /// `mosquitto_sub` at QoS 1 as `client_id` on `filter`, exiting after `n` messages.
+    fn mosquitto_sub(&self, client_id: &str, filter: &str, n: u64, out: Stdio) -> Res<Child> {
+        Command::new("mosquitto_sub")
+            .args(["-p", &self.mq.port.to_string(), "-q", "1"])
+            .args(["-i", client_id, "-t", filter, "-C", &n.to_string()])
+            .stdout(out)
+            .spawn()
+            .map_err(|e| format!("mosquitto_sub: {e}"))
+    }
+
     /// Until Mosquitto logged `client_id`'s connection, then a moment for its
     /// SUBSCRIBE (sent right after the CONNACK; Mosquitto does not log it).
     fn wait_connected(&self, client_id: &str) -> Res<()> {

@@ -19,21 +19,7 @@ impl Bench<'_> {
         say(format!(
             "1a. Mosquitto ceiling: {n} messages to mosquitto_sub -q 1"
         ));
-        let mut sub = Command::new("mosquitto_sub")
-            .args([
-                "-p",
-                &self.mq.port.to_string(),
-                "-q",
-                "1",
-                "-i",
-                "ceiling",
-                "-t",
-                "ceil/#",
-            ])
-            .args(["-C", &n.to_string()])
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("mosquitto_sub: {e}"))?;
+        let mut sub = self.mosquitto_sub("ceiling", "ceil/#", n, Stdio::null())?;
         self.wait_connected("ceiling")?;
         let mq_pid = self.mq.pid().ok_or("Mosquitto not running")? as u32;
         let m0 = probe::cpu_ticks(mq_pid);
@@ -209,21 +195,7 @@ impl Bench<'_> {
         say(format!(
             "3b. naive pipeline: mosquitto_sub -q 1 | kcat -P, {n} messages"
         ));
-        let mut sub = Command::new("mosquitto_sub")
-            .args([
-                "-p",
-                &self.mq.port.to_string(),
-                "-q",
-                "1",
-                "-i",
-                "naive",
-                "-t",
-                "naive/#",
-            ])
-            .args(["-C", &n.to_string()])
-            .stdout(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("mosquitto_sub: {e}"))?;
+        let mut sub = self.mosquitto_sub("naive", "naive/#", n, Stdio::piped())?;
         let mut kcat = Command::new("kcat")
             .args(["-P", "-b", &self.bootstrap(), "-t", "naive"])
             .args([
