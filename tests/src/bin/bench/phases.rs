@@ -145,9 +145,14 @@ impl Bench<'_> {
         );
         let threads0 = probe::thread_ticks(pid);
         let lg = self.loadgen_cmd("load/dev", n, "e2e", 0)?;
+        // How far Kafka falls behind: the peak RSS under full load follows it.
+        let max_backlog = std::cell::Cell::new(0);
         let done = gw.wait_metric("every message forwarded", Duration::from_secs(900), |m| {
-            m.get("mkg_wal_records_committed_total") >= c0 + n && m.get("mkg_backlog_records") == 0
+            let backlog = m.get("mkg_backlog_records");
+            max_backlog.set(max_backlog.get().max(backlog));
+            m.get("mkg_wal_records_committed_total") >= c0 + n && backlog == 0
         })?;
+        self.r.put("e2e_max_backlog", max_backlog.get());
         let lg = self.loadgen_done(lg, "e2e")?;
         let start = lg["start_unix_ms"].as_u64().unwrap_or(0);
         self.r.put("e2e_rate", n * 1000 / (done - start).max(1));

@@ -229,8 +229,8 @@ pub fn render(r: &Results) -> (String, bool) {
             r.s("mode"), r.s("git"), r.n("wall_s"), r.n("busy_pct"), r.s("other_load"), r.n("fsync_us"), r.n("mq_drop_lines")
         ),
         format!(
-            "details: publishers' ack rate in 1a {} msg/s, in 3 {} msg/s; records per WAL commit: full speed {}, 1,000/s {} ({} commits/s), 10,000/s {}; records per fsync: 1,000/s {} ({} fsyncs/s), 10,000/s {}; disk bytes/payload byte at 10,000/s {}; gateway CPU {} us/msg at full speed; naive pipeline delivered {} records; drain rate over the first seconds of the big backlog {} msg/s; binary before strip {} B",
-            t(r.n("ceiling_pub_rate")), t(r.n("e2e_ingest_rate")), num(r.f("e2e_batch")), num(r.f("batch_1000")),
+            "details: publishers' ack rate in 1a {} msg/s, in 3 {} msg/s; largest backlog in 3 {} records; records per WAL commit: full speed {}, 1,000/s {} ({} commits/s), 10,000/s {}; records per fsync: 1,000/s {} ({} fsyncs/s), 10,000/s {}; disk bytes/payload byte at 10,000/s {}; gateway CPU {} us/msg at full speed; naive pipeline delivered {} records; drain rate over the first seconds of the big backlog {} msg/s; binary before strip {} B",
+            t(r.n("ceiling_pub_rate")), t(r.n("e2e_ingest_rate")), t(r.n("e2e_max_backlog")), num(r.f("e2e_batch")), num(r.f("batch_1000")),
             r.n("commits_per_s_1000"), num(r.f("batch_10000")), num(r.f("sync_batch_1000")), r.n("syncs_per_s_1000"),
             num(r.f("sync_batch_10000")), num(r.f("wa_10000")), num(r.f("e2e_gw_cpu_us")), t(r.n("naive_in_kafka")),
             t(r.n("big_drain_rate")), t(r.n("bin_bytes"))
