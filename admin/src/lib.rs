@@ -9,11 +9,14 @@
 //! - Every route is read-only (`GET`/`HEAD`); request bodies are never read, and a
 //!   request announcing more than [`MAX_BODY_BYTES`] is refused with 413 before
 //!   anything else happens.
+//! - Every route but `/healthz` and `/readyz` asks for the bearer token once one is
+//!   configured ([`Access`]); the token is compared in constant time and never logged.
 //! - `/healthz` does not call [`Source::snapshot`]: liveness must not depend on the
 //!   gateway's internals, only on this server answering.
 //! - [`handle`] never panics on client input; hyper has already rejected malformed
 //!   HTTP before it gets here.
 
+mod access;
 mod counters;
 mod metrics;
 mod routes;
@@ -21,6 +24,7 @@ mod server;
 
 use serde::Serialize;
 
+pub use access::{Access, Denied};
 pub use counters::{AtomicCounters, Counters};
 pub use routes::{handle, MAX_BODY_BYTES};
 pub use server::serve;
@@ -29,6 +33,12 @@ pub use server::serve;
 pub trait Source: Send + Sync + 'static {
     /// Point-in-time copy of the gateway's state; called once per request, so keep it cheap and non-blocking.
     fn snapshot(&self) -> Snapshot;
+
+    /// Who may use the API (`admin.token_file`). By default no token: the read-only
+    /// routes are open and routes that change anything are refused.
+    fn access(&self) -> &Access {
+        &access::NO_TOKEN
+    }
 }
 
 /// Everything the admin API reports, copied out of the gateway in one go so a response is self-consistent.

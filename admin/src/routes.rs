@@ -7,7 +7,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
-use crate::{Backlog, DeadLetters, Snapshot, Source};
+use crate::{Backlog, DeadLetters, Denied, Snapshot, Source};
 
 /// Largest request body the admin API accepts; larger requests get 413 without being read.
 pub const MAX_BODY_BYTES: u64 = 64 * 1024;
@@ -36,6 +36,13 @@ const ROUTES: &[(&str, Route)] = &[
     ("/status", Route::Status),
     ("/metrics", Route::Metrics),
 ];
+
+impl Route {
+    /// Probes answer without a token: they reveal only "up" and why not ready.
+    fn is_open(self) -> bool {
+        matches!(self, Route::Healthz | Route::Readyz)
+    }
+}
 
 fn route(path: &str) -> Option<Route> {
     ROUTES.iter().find(|(p, _)| *p == path).map(|(_, r)| *r)
@@ -86,6 +93,12 @@ where
         resp.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static(ALLOW));
         return resp;
+    }
+
+    if !route.is_open() {
+        if let Err(denied) = source.access().check(req.headers(), false) {
+            return refuse(denied);
+        }
     }
 
     let resp = respond(route, source);
@@ -207,6 +220,35 @@ struct BacklogView<'a> {
 }
 
 /// Uniform error body `{"error": ..., <field>: ...}` so clients can rely on one shape.
+/// 401 (with the `WWW-Authenticate` challenge) or 403.
+fn refuse(denied: Denied) -> Response<Full<Bytes>> {
+    match denied {
+        Denied::Unauthorized => {
+            let mut resp = json_error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                Some((
+                    "hint",
+                    "send the token of admin.token_file as Authorization: Bearer TOKEN".into(),
+                )),
+            );
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"mqtt-kafka-gateway\""),
+            );
+            resp
+        }
+        Denied::NoTokenConfigured => json_error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            Some((
+                "hint",
+                "changes through the admin API need a token: set admin.token_file".into(),
+            )),
+        ),
+    }
+}
+
 fn json_error(
     status: StatusCode,
     error: &str,

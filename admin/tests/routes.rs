@@ -440,3 +440,38 @@ async fn responses_are_not_cacheable() {
         );
     }
 }
+
+fn with_bearer(uri: &str, token: &str) -> Request<Empty<Bytes>> {
+    Request::builder()
+        .uri(uri)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Empty::new())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_configured_token_guards_every_route_but_the_probes() {
+    let src = FakeSource::with_token(healthy(), "t0k3n");
+    for path in ["/backlog", "/status", "/metrics"] {
+        let (status, resp, body) = call(&src, get(path)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+        assert!(header_of(&resp, header::WWW_AUTHENTICATE).starts_with("Bearer"));
+        assert!(body.contains("admin.token_file"), "{body}");
+        assert!(!body.contains("t0k3n"), "the token leaked: {body}");
+        let (status, _, _) = call(&src, with_bearer(path, "wrong")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+        let (status, _, _) = call(&src, with_bearer(path, "t0k3n")).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+    }
+    let reads = src.reads();
+    let (status, _, _) = call(&src, get("/status")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(src.reads(), reads, "refused before the snapshot is taken");
+    for path in ["/healthz", "/readyz"] {
+        let (status, _, _) = call(&src, get(path)).await;
+        assert_eq!(status, StatusCode::OK, "{path} must stay open for probes");
+    }
+    // Unknown paths still answer 404, with or without the token.
+    let (status, _, _) = call(&src, get("/nope")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

@@ -88,8 +88,11 @@ impl AdminApi {
                         stop.cancelled().await;
                         break;
                     }
-                    let new = config.borrow_and_update().config.admin.clone();
-                    self.apply(new).await;
+                    let loaded = config.borrow_and_update().clone();
+                    self.source
+                        .access()
+                        .set(loaded.admin_token.as_ref().map(|t| t.expose()));
+                    self.apply(loaded.config.admin.clone()).await;
                 }
             }
         }

@@ -9,7 +9,8 @@
 //! Applied live: `log`, `mqtt.topics` (a resubscribe), `mqtt.broker_stats`,
 //! `mqtt.session_lost_alert`, `kafka.topic`, `kafka.routes`, `kafka.topic_separator`,
 //! `kafka.key`, every `forward.*`, `wal.max_bytes`, `wal.max_records`, `wal.on_full`,
-//! `wal.max_age`, `wal.on_expired`, `admin.enabled`, `admin.listen`,
+//! `wal.max_age`, `wal.on_expired`, `admin.enabled`, `admin.listen`, `admin.token_file`
+//! (the token is read again, so a reload rotates it),
 //! `shutdown.grace_period`. Everything else needs a restart: the MQTT connection
 //! (brokers, client id, session, credentials, TLS, timeouts), the Kafka connection
 //! (`kafka.bootstrap_servers`, `kafka.properties`), the WAL's files and commits,
@@ -49,6 +50,7 @@ pub fn merge(old: &Loaded, new: &Loaded) -> (Loaded, Vec<&'static str>) {
     c.admin = n.admin.clone();
     c.shutdown = n.shutdown.clone();
     eff.router = new.router.clone();
+    eff.admin_token = new.admin_token.clone();
     let (e, n) = (&eff.config, &new.config);
     let mut restart = Vec::new();
     macro_rules! differ {

@@ -176,6 +176,7 @@ pub async fn run_with(
         shared: shared.clone(),
         wal: wal.clone(),
         gateway_id: cfg.gateway_id.clone(),
+        access: admin::Access::new(loaded.admin_token.as_ref().map(|t| t.expose())),
     });
     let admin_api =
         AdminApi::start(&cfg.admin, view)

@@ -335,9 +335,15 @@ pub struct AdminView {
     pub wal: Arc<Wal>,
     /// Gateway id from the config.
     pub gateway_id: String,
+    /// The admin token (`admin.token_file`), replaced on a reload.
+    pub access: admin::Access,
 }
 
 impl admin::Source for AdminView {
+    fn access(&self) -> &admin::Access {
+        &self.access
+    }
+
     fn snapshot(&self) -> admin::Snapshot {
         let s = &self.shared;
         let c = &s.counters;

@@ -29,6 +29,12 @@ pub fn bad_files_exit_2_naming_the_key() -> Result<(), Failed> {
             "no.such.property",
         ),
         ("[wal]\nmax_batch_bytes = \"lots\"\n", "wal.max_batch_bytes"),
+        // An admin API on the network without a token.
+        ("[admin]\nlisten = \"0.0.0.0:9080\"\n", "admin.token_file"),
+        (
+            "[admin]\ntoken_file = \"/nonexistent/token\"\n",
+            "admin.token_file",
+        ),
         ("this is not toml", "syntax"),
     ];
     for (text, key) in cases {

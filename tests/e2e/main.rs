@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 use harness::{payload, Kafka};
 use libtest_mimic::{Arguments, Failed, Trial};
 
+mod admin_auth;
 mod bad_input;
 mod basic;
 mod broker_state;
@@ -68,6 +69,7 @@ fn main() {
         basic::ten_thousand_qos1_messages_mapped_keyed_ordered,
         basic::qos0_qos2_binary_and_empty_payloads,
         basic::admin_backlog_and_metrics,
+        admin_auth::admin_token_guards_the_api_and_rotates_on_sighup,
         faults::kafka_down_at_start_backlog_then_drains,
         faults::sigkill_mid_stream_loses_nothing,
         faults::sigterm_drains_and_exits_0,

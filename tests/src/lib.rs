@@ -561,11 +561,24 @@ pub fn run_gateway_cmd(bin: &Path, args: &[&str]) -> (Option<i32>, String) {
 
 /// Minimal HTTP/1.1 GET; returns (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_get_with(addr, path, &[])
+}
+
+/// [`http_get`] with extra request headers, e.g. `("Authorization", "Bearer T")`.
+pub fn http_get_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{extra}\r\n"
     )?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;

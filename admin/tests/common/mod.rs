@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use admin::{
-    Backlog, Counters, DeadLetters, Histogram, KafkaStatus, MqttStatus, Snapshot, Source, WalStatus,
+    Access, Backlog, Counters, DeadLetters, Histogram, KafkaStatus, MqttStatus, Snapshot, Source,
+    WalStatus,
 };
 
 /// Stands in for the gateway; tests swap the snapshot and count how often it is read.
@@ -14,6 +15,7 @@ use admin::{
 pub struct FakeSource {
     pub snap: Mutex<Snapshot>,
     pub reads: AtomicUsize,
+    pub access: Access,
 }
 
 impl FakeSource {
@@ -21,6 +23,15 @@ impl FakeSource {
         Self {
             snap: Mutex::new(snap),
             reads: AtomicUsize::new(0),
+            access: Access::new(None),
+        }
+    }
+
+    /// The same, asking for `token`.
+    pub fn with_token(snap: Snapshot, token: &str) -> Self {
+        Self {
+            access: Access::new(Some(token)),
+            ..Self::new(snap)
         }
     }
 
@@ -30,6 +41,10 @@ impl FakeSource {
 }
 
 impl Source for FakeSource {
+    fn access(&self) -> &Access {
+        &self.access
+    }
+
     fn snapshot(&self) -> Snapshot {
         self.reads.fetch_add(1, Ordering::SeqCst);
         self.snap.lock().unwrap().clone()

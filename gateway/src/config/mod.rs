@@ -326,6 +326,11 @@ pub struct AdminConfig {
     /// Listen address (loopback by default).
     #[serde(default = "default_admin_listen")]
     pub listen: SocketAddr,
+    /// File holding the bearer token every route but `/healthz` and `/readyz` asks
+    /// for (trailing newline ignored). Needed to listen on a non-loopback address.
+    /// Never logged.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 /// Shutdown.

@@ -130,3 +130,35 @@ fn server_uris_parse() {
     let e = load("[mqtt]\nserver_uris = [\"tcp://a:1883\", \"ssl://b:8883\"]\n").unwrap_err();
     assert_eq!(e.key, "mqtt.server_uris[1]");
 }
+
+#[test]
+fn admin_token_from_file_and_required_off_loopback() {
+    let e = load("[admin]\nlisten = \"0.0.0.0:9080\"\n").unwrap_err();
+    assert_eq!(e.key, "admin.token_file", "{e}");
+    assert!(e.reason.contains("0.0.0.0:9080"), "{e}");
+    // Loopback (v4 and v6) or a disabled API needs no token.
+    load("[admin]\nlisten = \"127.0.0.1:9080\"\n").unwrap();
+    load("[admin]\nlisten = \"[::1]:9080\"\n").unwrap();
+    load("[admin]\nenabled = false\nlisten = \"0.0.0.0:9080\"\n").unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let tok = dir.path().join("token");
+    std::fs::write(&tok, "tok-s3cr3t\n").unwrap();
+    let l = load(&format!(
+        "[admin]\nlisten = \"0.0.0.0:9080\"\ntoken_file = \"{}\"\n",
+        tok.display()
+    ))
+    .unwrap();
+    assert_eq!(l.admin_token.as_ref().unwrap().expose(), "tok-s3cr3t");
+    assert!(!format!("{l:?}").contains("tok-s3cr3t"));
+
+    for bad in ["\n", "two words\n"] {
+        std::fs::write(&tok, bad).unwrap();
+        let e = load(&format!("[admin]\ntoken_file = \"{}\"\n", tok.display())).unwrap_err();
+        assert_eq!(e.key, "admin.token_file", "{e}");
+        assert!(
+            !e.reason.contains("words"),
+            "the file's content leaked: {e}"
+        );
+    }
+}

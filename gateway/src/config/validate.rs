@@ -15,6 +15,8 @@ pub struct Loaded {
     pub servers: Vec<ServerUri>,
     /// The MQTT password, from `password` or `password_file`.
     pub password: Option<Secret>,
+    /// The admin API's bearer token, from `admin.token_file`.
+    pub admin_token: Option<Secret>,
     /// The topic router.
     pub router: Router,
     /// The librdkafka properties as strings, ready for the producer.
@@ -276,14 +278,60 @@ impl Config {
         if self.shutdown.grace_period > Duration::from_secs(3600) {
             return Err(err("shutdown.grace_period", "must be at most 1h".into()));
         }
+        let admin_token = self.admin_token().map_err(|(k, r)| err(k, r))?;
         let servers_ok = servers;
         Ok(Loaded {
             config: self,
             servers: servers_ok,
             password,
+            admin_token,
             router,
             producer_properties,
         })
+    }
+}
+
+impl Config {
+    /// The admin token from `admin.token_file`; refused: an empty file, and an admin
+    /// API on a non-loopback address without a token (anyone on the network could
+    /// read the backlog and, with the routes that change it, drop it).
+    fn admin_token(&self) -> Result<Option<Secret>, (&'static str, String)> {
+        let a = &self.admin;
+        let token = match &a.token_file {
+            None => None,
+            Some(f) => {
+                let text = std::fs::read_to_string(f).map_err(|e| {
+                    (
+                        "admin.token_file",
+                        format!("cannot read {}: {e}", f.display()),
+                    )
+                })?;
+                let t = text.trim_end_matches(['\r', '\n']);
+                if t.trim().is_empty() {
+                    return Err(("admin.token_file", format!("{} is empty", f.display())));
+                }
+                if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err((
+                        "admin.token_file",
+                        format!(
+                            "{} holds white space or control characters; a token is one word (e.g. `openssl rand -hex 32`)",
+                            f.display()
+                        ),
+                    ));
+                }
+                Some(Secret(t.to_string()))
+            }
+        };
+        if a.enabled && token.is_none() && !a.listen.ip().is_loopback() {
+            return Err((
+                "admin.token_file",
+                format!(
+                    "admin.listen = {} is not a loopback address: set admin.token_file so that the admin API asks for a token (or listen on 127.0.0.1)",
+                    a.listen
+                ),
+            ));
+        }
+        Ok(token)
     }
 }
 
