@@ -1,4 +1,5 @@
-//! Admin HTTP API of the gateway: health, readiness, backlog, status and metrics.
+//! Admin HTTP API of the gateway: health, readiness, backlog, records, status and
+//! metrics.
 //!
 //! This crate owns HTTP and nothing else. The gateway hands it a [`Source`] that
 //! produces a [`Snapshot`] of its state; the admin server never reaches into the WAL
@@ -19,6 +20,7 @@
 mod access;
 mod counters;
 mod metrics;
+mod records;
 mod routes;
 mod server;
 
@@ -26,6 +28,7 @@ use serde::Serialize;
 
 pub use access::{Access, Denied};
 pub use counters::{AtomicCounters, Counters};
+pub use records::{preview, RecordView, RecordsPage, RecordsQuery};
 pub use routes::{handle, MAX_BODY_BYTES};
 pub use server::serve;
 
@@ -38,6 +41,13 @@ pub trait Source: Send + Sync + 'static {
     /// routes are open and routes that change anything are refused.
     fn access(&self) -> &Access {
         &access::NO_TOKEN
+    }
+
+    /// A page of the backlog (`GET /records`); `Err` says why it cannot be read now.
+    /// Reading must not hold up the WAL's writer.
+    fn records(&self, query: &RecordsQuery) -> Result<RecordsPage, String> {
+        let _ = query;
+        Err("this gateway does not show records".into())
     }
 }
 

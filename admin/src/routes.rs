@@ -7,7 +7,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
-use crate::{Backlog, DeadLetters, Denied, Snapshot, Source};
+use crate::{Backlog, DeadLetters, Denied, RecordsQuery, Snapshot, Source};
 
 /// Largest request body the admin API accepts; larger requests get 413 without being read.
 pub const MAX_BODY_BYTES: u64 = 64 * 1024;
@@ -26,6 +26,7 @@ enum Route {
     Backlog,
     Status,
     Metrics,
+    Records,
 }
 
 /// The whole API surface; adding a route means one line here and one arm in `respond`.
@@ -35,6 +36,7 @@ const ROUTES: &[(&str, Route)] = &[
     ("/backlog", Route::Backlog),
     ("/status", Route::Status),
     ("/metrics", Route::Metrics),
+    ("/records", Route::Records),
 ];
 
 impl Route {
@@ -101,7 +103,7 @@ where
         }
     }
 
-    let resp = respond(route, source);
+    let resp = respond(route, req.uri().query(), source);
     if method == Method::HEAD {
         strip_body(resp)
     } else {
@@ -109,8 +111,23 @@ where
     }
 }
 
-fn respond(route: Route, source: &dyn Source) -> Response<Full<Bytes>> {
+fn respond(route: Route, query: Option<&str>, source: &dyn Source) -> Response<Full<Bytes>> {
     match route {
+        Route::Records => match RecordsQuery::parse(query) {
+            Err(e) => json_error(
+                StatusCode::BAD_REQUEST,
+                "bad query",
+                Some(("detail", e.into())),
+            ),
+            Ok(q) => match source.records(&q) {
+                Ok(page) => json(StatusCode::OK, &page),
+                Err(e) => json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cannot read the WAL",
+                    Some(("detail", e.into())),
+                ),
+            },
+        },
         Route::Healthz => text(StatusCode::OK, CONTENT_TYPE_TEXT, "ok\n".into()),
         Route::Readyz => readyz(&source.snapshot()),
         Route::Backlog => {

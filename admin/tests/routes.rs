@@ -475,3 +475,17 @@ async fn a_configured_token_guards_every_route_but_the_probes() {
     let (status, _, _) = call(&src, get("/nope")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn records_checks_its_query_and_says_when_it_cannot_read() {
+    let src = FakeSource::new(healthy());
+    let (status, _, body) = call(&src, get("/records?limit=0")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("limit"), "{body}");
+    // The fake has no WAL: 503 with the reason, not a 500 or an empty page.
+    let (status, _, body) = call(&src, get("/records?from=5&limit=3")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let src = FakeSource::with_token(healthy(), "t");
+    let (status, _, _) = call(&src, get("/records")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}

@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod forward;
 pub mod ingest;
+pub mod peek;
 pub mod policy;
 pub mod quickack;
 pub mod reload;
@@ -24,6 +25,7 @@ pub mod run;
 pub mod sdnotify;
 pub mod state;
 pub mod tls;
+pub mod view;
 pub mod waltool;
 pub mod writer;
 

@@ -15,7 +15,8 @@ use crate::admin_api::AdminApi;
 use crate::config::Loaded;
 use crate::forward::{self, ForwardOptions};
 use crate::reload::{LogFilter, Reloader};
-use crate::state::{AdminView, Shared};
+use crate::state::Shared;
+use crate::view::AdminView;
 use crate::writer::{self, WriterOptions};
 use crate::{ingest, sdnotify, state};
 
@@ -177,6 +178,7 @@ pub async fn run_with(
         wal: wal.clone(),
         gateway_id: cfg.gateway_id.clone(),
         access: admin::Access::new(loaded.admin_token.as_ref().map(|t| t.expose())),
+        config: config_rx.clone(),
     });
     let admin_api =
         AdminApi::start(&cfg.admin, view)

@@ -2,10 +2,8 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
-
-use wal::Wal;
 
 /// The gateway's counters (declared once, in `admin::counters`).
 pub use admin::AtomicCounters as Counters;
@@ -208,7 +206,7 @@ pub struct Shared {
     pub kafka_held_topics: Mutex<Vec<HeldTopic>>,
     /// Liveness of the long-running loops.
     pub heartbeats: Heartbeats,
-    started: Instant,
+    pub(crate) started: Instant,
 }
 
 impl Default for Shared {
@@ -310,7 +308,7 @@ impl Shared {
     }
 }
 
-fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -322,132 +320,8 @@ pub fn set(slot: &Mutex<Option<String>>, value: Option<String>) {
     *slot.lock().unwrap_or_else(|e| e.into_inner()) = value;
 }
 
-fn get(slot: &Mutex<Option<String>>) -> Option<String> {
+pub(crate) fn get(slot: &Mutex<Option<String>>) -> Option<String> {
     slot.lock().unwrap_or_else(|e| e.into_inner()).clone()
-}
-
-/// The admin API's data source.
-#[derive(Debug)]
-pub struct AdminView {
-    /// Shared state.
-    pub shared: Arc<Shared>,
-    /// The WAL, for its O(1) stats.
-    pub wal: Arc<Wal>,
-    /// Gateway id from the config.
-    pub gateway_id: String,
-    /// The admin token (`admin.token_file`), replaced on a reload.
-    pub access: admin::Access,
-}
-
-impl admin::Source for AdminView {
-    fn access(&self) -> &admin::Access {
-        &self.access
-    }
-
-    fn snapshot(&self) -> admin::Snapshot {
-        let s = &self.shared;
-        let c = &s.counters;
-        let w = self.wal.stats();
-        let now_ms = unix_ms();
-        let session_lost = s
-            .mqtt_session_lost
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|l| admin::SessionLost {
-                at_ms: l.at_ms,
-                age_seconds: l.at.elapsed().as_secs_f64(),
-                message: l.message.clone(),
-                alerting: l.at.elapsed()
-                    < *s.session_lost_alert
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner()),
-            });
-        admin::Snapshot {
-            gateway_id: self.gateway_id.clone(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            uptime_seconds: s.started.elapsed().as_secs_f64(),
-            mqtt: admin::MqttStatus {
-                connected: s.mqtt_connected.load(Relaxed),
-                subscribed: s.mqtt_subscribed.load(Relaxed),
-                refused_subscriptions: s
-                    .mqtt_refused
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone(),
-                server: get(&s.mqtt_server),
-                last_error: get(&s.mqtt_last_error),
-                accepting: s.mqtt_accepting.load(Relaxed),
-                session_present: s.mqtt_session_present.load(Relaxed),
-                session_lost,
-                qos2_pending: s.mqtt_qos2_pending.load(Relaxed),
-                broker: {
-                    let b = s.broker_stats.lock().unwrap_or_else(|e| e.into_inner());
-                    b.updated.map(|at| admin::BrokerStats {
-                        messages_dropped: b.messages_dropped,
-                        store_messages: b.store_messages,
-                        store_bytes: b.store_bytes,
-                        age_seconds: at.elapsed().as_secs_f64(),
-                    })
-                },
-            },
-            wal: admin::WalStatus {
-                path: self.wal.path().display().to_string(),
-                writable: s.wal_writable.load(Relaxed),
-                last_error: get(&s.wal_last_error),
-            },
-            kafka: admin::KafkaStatus {
-                last_error: get(&s.kafka_last_error),
-                in_flight: s.kafka_in_flight.load(Relaxed),
-                held_topics: s
-                    .kafka_held_topics
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .iter()
-                    .map(|h| admin::HeldTopic {
-                        topic: h.topic.clone(),
-                        reason: h.reason.clone(),
-                        refused_for_seconds: h.refused_for.as_secs_f64(),
-                        held_records: h.held_records,
-                        parked_records: h.parked_records,
-                        parking: h.parking,
-                    })
-                    .collect(),
-            },
-            backlog: admin::Backlog {
-                records: w.records,
-                bytes: w.bytes,
-                oldest_seq: w.oldest_seq,
-                newest_seq: w.newest_seq,
-                // Wall time is only used for this display; a clock jump skews the age,
-                // never order or identity.
-                oldest_age_seconds: w
-                    .oldest_receive_time_ms
-                    .map(|t| now_ms.saturating_sub(t) as f64 / 1000.0),
-                next_seq: w.next_seq,
-                dropped: admin::Dropped {
-                    max_bytes: w.dropped.max_bytes,
-                    max_records: w.dropped.max_records,
-                    max_age: w.dropped.max_age,
-                },
-            },
-            dead_letters: admin::DeadLetters {
-                records: w.dead_letters,
-                bytes: w.dead_letter_bytes,
-            },
-            counters: c.snapshot(),
-            wal_commit_seconds: s.commit_times.histogram(),
-            config: {
-                let c = s.config.lock().unwrap_or_else(|e| e.into_inner());
-                admin::ConfigStatus {
-                    path: c.path.clone(),
-                    reloaded_at_ms: c.reloaded_at_ms,
-                    last_reload_error: c.last_error.clone(),
-                    restart_needed: c.restart_needed.clone(),
-                }
-            },
-        }
-    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ mod faults;
 mod mosquitto_restart;
 mod order;
 mod outage;
+mod peek;
 mod policies;
 mod qos2;
 mod reload;
@@ -70,6 +71,7 @@ fn main() {
         basic::qos0_qos2_binary_and_empty_payloads,
         basic::admin_backlog_and_metrics,
         admin_auth::admin_token_guards_the_api_and_rotates_on_sighup,
+        peek::records_pages_the_backlog_with_previews,
         faults::kafka_down_at_start_backlog_then_drains,
         faults::sigkill_mid_stream_loses_nothing,
         faults::sigterm_drains_and_exits_0,
