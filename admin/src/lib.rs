@@ -1,5 +1,5 @@
-//! Admin HTTP API of the gateway: health, readiness, backlog, records, status and
-//! metrics.
+//! Admin HTTP API of the gateway: health, readiness, backlog, records, dead letters,
+//! status and metrics.
 //!
 //! This crate owns HTTP and nothing else. The gateway hands it a [`Source`] that
 //! produces a [`Snapshot`] of its state; the admin server never reaches into the WAL
@@ -28,7 +28,9 @@ use serde::Serialize;
 
 pub use access::{Access, Denied};
 pub use counters::{AtomicCounters, Counters};
-pub use records::{preview, RecordView, RecordsPage, RecordsQuery};
+pub use records::{
+    preview, DeadLetterView, DeadLettersPage, RecordView, RecordsPage, RecordsQuery,
+};
 pub use routes::{handle, MAX_BODY_BYTES};
 pub use server::serve;
 
@@ -48,6 +50,13 @@ pub trait Source: Send + Sync + 'static {
     fn records(&self, query: &RecordsQuery) -> Result<RecordsPage, String> {
         let _ = query;
         Err("this gateway does not show records".into())
+    }
+
+    /// A page of the dead-letter table (`GET /dead-letters`), same query as
+    /// [`Source::records`].
+    fn dead_letters(&self, query: &RecordsQuery) -> Result<DeadLettersPage, String> {
+        let _ = query;
+        Err("this gateway does not show dead letters".into())
     }
 }
 

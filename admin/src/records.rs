@@ -96,6 +96,27 @@ pub struct RecordView {
     pub truncated: bool,
 }
 
+/// One page of dead letters.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DeadLettersPage {
+    /// The parked records, by sequence.
+    pub dead_letters: Vec<DeadLetterView>,
+    /// Where the next page starts (`from=`), if there may be more.
+    pub next: Option<u64>,
+}
+
+/// One parked record as `/dead-letters` shows it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DeadLetterView {
+    /// The record (its original sequence, topics, preview).
+    #[serde(flatten)]
+    pub record: RecordView,
+    /// Why it was parked.
+    pub reason: String,
+    /// When it was parked, Unix milliseconds.
+    pub parked_at_ms: u64,
+}
+
 /// The preview of a payload: (text, encoding, truncated).
 pub fn preview(payload: &[u8]) -> (String, &'static str, bool) {
     let head = &payload[..payload.len().min(PREVIEW_BYTES)];

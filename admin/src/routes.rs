@@ -27,6 +27,7 @@ enum Route {
     Status,
     Metrics,
     Records,
+    DeadLetters,
 }
 
 /// The whole API surface; adding a route means one line here and one arm in `respond`.
@@ -37,6 +38,7 @@ const ROUTES: &[(&str, Route)] = &[
     ("/status", Route::Status),
     ("/metrics", Route::Metrics),
     ("/records", Route::Records),
+    ("/dead-letters", Route::DeadLetters),
 ];
 
 impl Route {
@@ -113,21 +115,8 @@ where
 
 fn respond(route: Route, query: Option<&str>, source: &dyn Source) -> Response<Full<Bytes>> {
     match route {
-        Route::Records => match RecordsQuery::parse(query) {
-            Err(e) => json_error(
-                StatusCode::BAD_REQUEST,
-                "bad query",
-                Some(("detail", e.into())),
-            ),
-            Ok(q) => match source.records(&q) {
-                Ok(page) => json(StatusCode::OK, &page),
-                Err(e) => json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "cannot read the WAL",
-                    Some(("detail", e.into())),
-                ),
-            },
-        },
+        Route::Records => page(query, |q| source.records(q)),
+        Route::DeadLetters => page(query, |q| source.dead_letters(q)),
         Route::Healthz => text(StatusCode::OK, CONTENT_TYPE_TEXT, "ok\n".into()),
         Route::Readyz => readyz(&source.snapshot()),
         Route::Backlog => {
@@ -237,6 +226,29 @@ struct BacklogView<'a> {
 }
 
 /// Uniform error body `{"error": ..., <field>: ...}` so clients can rely on one shape.
+/// A page of records or dead letters: 400 for a bad query, 503 when the WAL cannot
+/// be read now.
+fn page<T: Serialize>(
+    query: Option<&str>,
+    read: impl FnOnce(&RecordsQuery) -> Result<T, String>,
+) -> Response<Full<Bytes>> {
+    match RecordsQuery::parse(query) {
+        Err(e) => json_error(
+            StatusCode::BAD_REQUEST,
+            "bad query",
+            Some(("detail", e.into())),
+        ),
+        Ok(q) => match read(&q) {
+            Ok(page) => json(StatusCode::OK, &page),
+            Err(e) => json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot read the WAL",
+                Some(("detail", e.into())),
+            ),
+        },
+    }
+}
+
 /// 401 (with the `WWW-Authenticate` challenge) or 403.
 fn refuse(denied: Denied) -> Response<Full<Bytes>> {
     match denied {

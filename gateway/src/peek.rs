@@ -1,12 +1,13 @@
-//! `GET /records`: a page of the backlog for operators (admin API, CLI, the page).
+//! `GET /records` and `GET /dead-letters`: pages of the backlog and of the parked
+//! records for operators (admin API, CLI).
 //!
 //! A read transaction of its own, like the forwarder's reads: redb readers do not wait
 //! for the writer, so paging through the backlog does not hold up the WAL thread.
 
 use std::ops::ControlFlow;
 
-use admin::{RecordView, RecordsPage, RecordsQuery};
-use wal::Wal;
+use admin::{DeadLetterView, DeadLettersPage, RecordView, RecordsPage, RecordsQuery};
+use wal::{RecordRef, Wal};
 
 use crate::route::{filter_matches, Router};
 
@@ -37,25 +38,7 @@ pub fn records(
             {
                 return ControlFlow::Continue(());
             }
-            let (kafka_topic, route_error) = match router.route(rec.topic) {
-                Ok(t) => (Some(t.to_string()), None),
-                Err(e) => (None, Some(e)),
-            };
-            let (preview, preview_encoding, truncated) = admin::preview(rec.payload);
-            page.records.push(RecordView {
-                seq,
-                mqtt_topic: rec.topic.to_string(),
-                qos: rec.qos,
-                retain: rec.retain,
-                received_at_ms: rec.receive_time_ms,
-                age_seconds: now_ms.saturating_sub(rec.receive_time_ms) as f64 / 1000.0,
-                kafka_topic,
-                route_error,
-                size: rec.payload.len(),
-                preview,
-                preview_encoding,
-                truncated,
-            });
+            page.records.push(view(seq, &rec, router, now_ms));
             if page.records.len() >= q.limit {
                 ControlFlow::Break(())
             } else {
@@ -70,4 +53,75 @@ pub fn records(
         page.next = last.map(|l| l + 1);
     }
     Ok(page)
+}
+
+/// The dead letters `q` asks for (a parked record keeps its original sequence).
+pub fn dead_letters(
+    wal: &Wal,
+    router: &mut Router,
+    q: &RecordsQuery,
+    now_ms: u64,
+) -> Result<DeadLettersPage, String> {
+    let from = q.from.unwrap_or(1).max(1);
+    let scan = if q.topic.is_some() {
+        MAX_SCANNED
+    } else {
+        q.limit
+    };
+    let read = wal.dead_letters(from, scan).map_err(|e| e.to_string())?;
+    let mut page = DeadLettersPage::default();
+    for dl in &read {
+        let r = &dl.record;
+        if q.topic
+            .as_deref()
+            .is_some_and(|f| !filter_matches(f, &r.topic))
+        {
+            continue;
+        }
+        if page.dead_letters.len() >= q.limit {
+            break;
+        }
+        let rec = RecordRef {
+            topic: &r.topic,
+            payload: &r.payload,
+            qos: r.qos,
+            retain: r.retain,
+            dup: r.dup,
+            receive_time_ms: r.receive_time_ms,
+        };
+        page.dead_letters.push(DeadLetterView {
+            record: view(r.seq, &rec, router, now_ms),
+            reason: dl.reason.clone(),
+            parked_at_ms: dl.parked_at_ms,
+        });
+    }
+    let last_shown = page.dead_letters.last().map(|d| d.record.seq);
+    if page.dead_letters.len() >= q.limit {
+        page.next = last_shown.map(|l| l + 1);
+    } else if read.len() >= scan {
+        page.next = read.last().map(|d| d.record.seq + 1);
+    }
+    Ok(page)
+}
+
+fn view(seq: u64, rec: &RecordRef<'_>, router: &mut Router, now_ms: u64) -> RecordView {
+    let (kafka_topic, route_error) = match router.route(rec.topic) {
+        Ok(t) => (Some(t.to_string()), None),
+        Err(e) => (None, Some(e)),
+    };
+    let (preview, preview_encoding, truncated) = admin::preview(rec.payload);
+    RecordView {
+        seq,
+        mqtt_topic: rec.topic.to_string(),
+        qos: rec.qos,
+        retain: rec.retain,
+        received_at_ms: rec.receive_time_ms,
+        age_seconds: now_ms.saturating_sub(rec.receive_time_ms) as f64 / 1000.0,
+        kafka_topic,
+        route_error,
+        size: rec.payload.len(),
+        preview,
+        preview_encoding,
+        truncated,
+    }
 }

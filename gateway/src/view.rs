@@ -34,6 +34,11 @@ impl admin::Source for AdminView {
         crate::peek::records(&self.wal, &mut router, query, unix_ms())
     }
 
+    fn dead_letters(&self, query: &admin::RecordsQuery) -> Result<admin::DeadLettersPage, String> {
+        let mut router = self.config.borrow().router.clone();
+        crate::peek::dead_letters(&self.wal, &mut router, query, unix_ms())
+    }
+
     fn snapshot(&self) -> admin::Snapshot {
         let s = &self.shared;
         let c = &s.counters;

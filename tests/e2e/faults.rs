@@ -471,6 +471,23 @@ pub fn oversized_record_is_parked_rest_flows() -> Result<(), Failed> {
     wait_until("backlog to drain", Duration::from_secs(30), || {
         backlog(admin) == 0
     });
+    // The running gateway lists it with its reason (GET /dead-letters).
+    let (status, body) = harness::http_get(admin, "/dead-letters")?;
+    let page: serde_json::Value = serde_json::from_str(&body)?;
+    let parked = &page["dead_letters"];
+    if status != 200
+        || parked.as_array().map(Vec::len) != Some(1)
+        || parked[0]["size"] != 1_500_000
+        || parked[0]["mqtt_topic"] != "b/x"
+        || !parked[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.to_lowercase().contains("too large"))
+        || !parked[0]["preview"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("huge:0:"))
+    {
+        return Err(fail(format!("/dead-letters: {status} {body:.2000}")));
+    }
     drop(gw);
     // The parked record is still readable, with its reason.
     let wal_file = site.path().join("wal/wal.redb");
