@@ -225,7 +225,6 @@ struct BacklogView<'a> {
     dead_letters: &'a DeadLetters,
 }
 
-/// Uniform error body `{"error": ..., <field>: ...}` so clients can rely on one shape.
 /// A page of records or dead letters: 400 for a bad query, 503 when the WAL cannot
 /// be read now.
 fn page<T: Serialize>(
@@ -278,6 +277,7 @@ fn refuse(denied: Denied) -> Response<Full<Bytes>> {
     }
 }
 
+/// Uniform error body `{"error": ..., <field>: ...}` so clients can rely on one shape.
 fn json_error(
     status: StatusCode,
     error: &str,

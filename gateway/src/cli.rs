@@ -1,10 +1,12 @@
-//! Command line: `run` and `check-config`. Exit codes: 0 ok, 1 runtime error, 2 bad
-//! configuration, 3 the WAL cannot be opened.
+//! Command line: `run`, `check-config`, `wal` (offline), and `status`, `backlog`,
+//! `records`, `dead-letters` for a running gateway (`console`). Exit codes: 0 ok, 1
+//! runtime error, 2 bad configuration, 3 the WAL cannot be opened, 4 the gateway's
+//! admin API does not answer, 5 it refused the token.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Loaded};
@@ -45,6 +47,115 @@ enum Command {
         #[command(subcommand)]
         command: WalCommand,
     },
+    /// The running gateway's state: MQTT, WAL, Kafka, backlog.
+    Status {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// The running gateway's backlog: records, bytes, age, dead letters, policy drops.
+    Backlog {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// A page of the running gateway's backlog, oldest first.
+    Records {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// The running gateway's dead-letter table.
+    DeadLetters {
+        #[command(subcommand)]
+        command: DeadLetterCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLetterCommand {
+    /// A page of the parked records with their reasons.
+    List {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+}
+
+/// Where the running gateway's admin API is.
+#[derive(Debug, Args)]
+struct TargetArgs {
+    /// The gateway's configuration file: `admin.listen` and `admin.token_file`.
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+    /// The admin API's address instead (default http://127.0.0.1:9080).
+    #[arg(long)]
+    url: Option<String>,
+    /// A file holding the admin token instead of the config's `admin.token_file`.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Print the admin API's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Which records.
+#[derive(Debug, Args)]
+struct PageArgs {
+    /// First sequence number (default: the oldest).
+    #[arg(long)]
+    from: Option<u64>,
+    /// Records at most (1-1000).
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    /// Only records whose MQTT topic matches this filter (`+`, `#`).
+    #[arg(long)]
+    topic: Option<String>,
+}
+
+impl PageArgs {
+    fn query(&self) -> String {
+        let mut q = format!("?limit={}", self.limit);
+        if let Some(f) = self.from {
+            q.push_str(&format!("&from={f}"));
+        }
+        if let Some(t) = &self.topic {
+            q.push_str("&topic=");
+            for b in t.bytes() {
+                if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+                    q.push(b as char);
+                } else {
+                    q.push_str(&format!("%{b:02X}"));
+                }
+            }
+        }
+        q
+    }
+}
+
+/// GET `path` from the running gateway and print it with `table` (or as JSON).
+fn console(target: TargetArgs, path: &str, table: fn(&serde_json::Value) -> String) -> ExitCode {
+    use crate::console::{Client, Target};
+    let t = Target {
+        config: target.config,
+        url: target.url,
+        token_file: target.token_file,
+    };
+    let answer = Client::new(&t).and_then(|c| c.get(path));
+    match answer {
+        Ok(v) if target.json => {
+            println!("{v:#}");
+            ExitCode::SUCCESS
+        }
+        Ok(v) => {
+            print!("{}", table(&v));
+            ExitCode::SUCCESS
+        }
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,6 +224,25 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Wal { command } => crate::waltool::main(command_args(command)),
+        Command::Status { target } => console(target, "/status", crate::console::status),
+        Command::Backlog { target } => console(target, "/backlog", |v| {
+            // /backlog is the backlog itself, with the dead letters inside.
+            crate::console::backlog(
+                &serde_json::json!({ "backlog": v, "dead_letters": v["dead_letters"] }),
+            )
+        }),
+        Command::Records { target, page } => console(
+            target,
+            &format!("/records{}", page.query()),
+            crate::console::records,
+        ),
+        Command::DeadLetters {
+            command: DeadLetterCommand::List { target, page },
+        } => console(
+            target,
+            &format!("/dead-letters{}", page.query()),
+            crate::console::dead_letters,
+        ),
         Command::Run { config } => {
             let loaded = match load(&config) {
                 Ok(l) => l,

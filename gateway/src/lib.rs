@@ -14,6 +14,7 @@
 pub mod admin_api;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod forward;
 pub mod ingest;
 pub mod peek;

@@ -1,12 +1,15 @@
 //! The admin API's bearer token (`admin.token_file`) on a running gateway: probes
 //! open, every other route 401 without the token or with a wrong one, 200 with it; a
-//! SIGHUP reads the file again (rotation); the token never reaches the log.
+//! SIGHUP reads the file again (rotation); the token never reaches the log. The
+//! command line for a running gateway (`status`, `backlog`, `records`,
+//! `dead-letters list`) finds the address and token in the config and says which
+//! failure it met by its exit code.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use harness::config::GatewayConfig;
-use harness::{http_get, http_get_with, wait_until, Gateway, Mosquitto};
+use harness::{http_get, http_get_with, run_gateway_cmd, wait_until, Gateway, Mosquitto};
 use libtest_mimic::Failed;
 
 use crate::{bin, fail, kafka};
@@ -62,5 +65,39 @@ pub fn admin_token_guards_the_api_and_rotates_on_sighup() -> Result<(), Failed> 
     if log.contains(first) || log.contains(second) {
         return Err(fail(format!("a token reached the log:\n{log}")));
     }
+
+    // The CLI: address and token from the config, or given; exit codes 4 and 5.
+    let config = dir.path().join("gateway.toml");
+    let config = config.to_str().ok_or("path")?;
+    let url = format!("http://{admin}");
+    let token = token_file.to_str().ok_or("path")?;
+    let cli = |args: &[&str], want: i32, shows: &str| -> Result<(), Failed> {
+        let (code, out) = run_gateway_cmd(bin(), args);
+        if code != Some(want) || !out.contains(shows) {
+            return Err(fail(format!(
+                "{args:?}: exit {code:?} (want {want}), output without {shows:?}:\n{out}"
+            )));
+        }
+        if out.contains(second) {
+            return Err(fail(format!("{args:?} printed the token")));
+        }
+        Ok(())
+    };
+    cli(&["status", "--config", config], 0, "MQTT   connected to")?;
+    cli(&["backlog", "--config", config], 0, "backlog 0 records")?;
+    cli(&["records", "--config", config], 0, "0 shown")?;
+    cli(&["dead-letters", "list", "--config", config], 0, "0 shown")?;
+    cli(
+        &["records", "--config", config, "--json"],
+        0,
+        "\"records\": []",
+    )?;
+    cli(&["status", "--url", &url, "--token-file", token], 0, "WAL")?;
+    cli(&["status", "--url", &url], 5, "asks for a token")?;
+    cli(
+        &["status", "--url", "http://127.0.0.1:1"],
+        4,
+        "cannot reach",
+    )?;
     Ok(())
 }

@@ -1,0 +1,408 @@
+//! The command line for a running gateway: `status`, `backlog`, `records` and
+//! `dead-letters list` read its admin API (address and token from `--config`, or
+//! `--url` / `--token-file`) and print tables, or the JSON with `--json`.
+//!
+//! Exit codes besides those of [`crate::cli`]: [`EXIT_UNREACHABLE`] when the gateway
+//! does not answer, [`EXIT_UNAUTHORIZED`] when it refuses the token.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::config::Config;
+
+/// The gateway's admin API does not answer.
+pub const EXIT_UNREACHABLE: u8 = 4;
+/// The admin API refused the request (401/403): no token, or a wrong one.
+pub const EXIT_UNAUTHORIZED: u8 = 5;
+
+/// Where the admin API is and how to authenticate.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    /// `--config`: `admin.listen` and `admin.token_file` from it.
+    pub config: Option<PathBuf>,
+    /// `--url http://HOST:PORT` (wins over the config's address).
+    pub url: Option<String>,
+    /// `--token-file` (wins over the config's).
+    pub token_file: Option<PathBuf>,
+}
+
+/// A failed call, with the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    /// Exit code.
+    pub code: u8,
+    /// What to print.
+    pub message: String,
+}
+
+fn failure(code: u8, message: impl Into<String>) -> Failure {
+    Failure {
+        code,
+        message: message.into(),
+    }
+}
+
+/// An admin API client for one command.
+#[derive(Debug)]
+pub struct Client {
+    addr: SocketAddr,
+    host: String,
+    token: Option<String>,
+}
+
+impl Client {
+    /// Resolve `target`.
+    pub fn new(target: &Target) -> Result<Self, Failure> {
+        let loaded = match &target.config {
+            Some(p) => {
+                Some(Config::load(p).map_err(|e| failure(crate::cli::EXIT_CONFIG, e.to_string()))?)
+            }
+            None => None,
+        };
+        let (host, addr) = match (&target.url, &loaded) {
+            (Some(url), _) => {
+                let hostport = url
+                    .strip_prefix("http://")
+                    .ok_or_else(|| {
+                        failure(
+                            crate::cli::EXIT_CONFIG,
+                            format!("--url {url}: only http://HOST:PORT is supported"),
+                        )
+                    })?
+                    .trim_end_matches('/');
+                let addr = hostport
+                    .to_socket_addrs()
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .ok_or_else(|| {
+                        failure(EXIT_UNREACHABLE, format!("--url {url}: cannot resolve"))
+                    })?;
+                (hostport.to_string(), addr)
+            }
+            (None, Some(l)) => {
+                let mut addr = l.config.admin.listen;
+                // Listening on every address: ask on this host's loopback.
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(if addr.is_ipv4() {
+                        [127, 0, 0, 1].into()
+                    } else {
+                        std::net::Ipv6Addr::LOCALHOST.into()
+                    });
+                }
+                (addr.to_string(), addr)
+            }
+            (None, None) => {
+                let addr: SocketAddr = ([127, 0, 0, 1], 9080).into();
+                (addr.to_string(), addr)
+            }
+        };
+        let token = match (&target.token_file, &loaded) {
+            (Some(f), _) => Some(read_token(f)?),
+            (None, Some(l)) => l.admin_token.as_ref().map(|t| t.expose().to_string()),
+            (None, None) => None,
+        };
+        Ok(Self { addr, host, token })
+    }
+
+    /// GET `path` and parse the JSON answer.
+    pub fn get(&self, path: &str) -> Result<Value, Failure> {
+        let (status, body) = self.request(path).map_err(|e| {
+            failure(
+                EXIT_UNREACHABLE,
+                format!("cannot reach the gateway's admin API at {}: {e}", self.addr),
+            )
+        })?;
+        match status {
+            200 => serde_json::from_str(&body).map_err(|e| {
+                failure(
+                    1,
+                    format!("the admin API answered something else than JSON: {e}"),
+                )
+            }),
+            401 | 403 => Err(failure(
+                EXIT_UNAUTHORIZED,
+                format!(
+                    "the admin API at {} refused the request ({status}): {}",
+                    self.addr,
+                    if self.token.is_some() {
+                        "the token is not the one in the gateway's admin.token_file"
+                    } else {
+                        "it asks for a token: pass --config with admin.token_file, or --token-file"
+                    }
+                ),
+            )),
+            _ => Err(failure(
+                1,
+                format!("GET {path}: {status} {}", body.trim_end()),
+            )),
+        }
+    }
+
+    fn request(&self, path: &str) -> std::io::Result<(u16, String)> {
+        let mut s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: application/json\r\n",
+            self.host
+        );
+        if let Some(t) = &self.token {
+            let _ = write!(req, "Authorization: Bearer {t}\r\n");
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes())?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf)?;
+        let text = String::from_utf8_lossy(&buf);
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| std::io::Error::other("no HTTP response"))?;
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other("no HTTP status"))?;
+        Ok((status, body.to_string()))
+    }
+}
+
+fn read_token(f: &PathBuf) -> Result<String, Failure> {
+    let text = std::fs::read_to_string(f).map_err(|e| {
+        failure(
+            crate::cli::EXIT_CONFIG,
+            format!("--token-file {}: {e}", f.display()),
+        )
+    })?;
+    Ok(text.trim_end_matches(['\r', '\n']).to_string())
+}
+
+/// `status`: the gateway's state in a few lines.
+pub fn status(v: &Value) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "gateway {} (version {}), up {}",
+        s(&v["gateway_id"]),
+        s(&v["version"]),
+        secs(&v["uptime_seconds"])
+    );
+    let m = &v["mqtt"];
+    let _ = writeln!(
+        o,
+        "MQTT   {} {}, subscribed {}, accepting {}{}",
+        if m["connected"] == true {
+            "connected to"
+        } else {
+            "NOT connected to"
+        },
+        s(&m["server"]),
+        yes(&m["subscribed"]),
+        yes(&m["accepting"]),
+        err(&m["last_error"])
+    );
+    let w = &v["wal"];
+    let _ = writeln!(
+        o,
+        "WAL    {}, writable {}{}",
+        s(&w["path"]),
+        yes(&w["writable"]),
+        err(&w["last_error"])
+    );
+    let k = &v["kafka"];
+    let held = k["held_topics"].as_array().map_or(0, Vec::len);
+    let _ = writeln!(
+        o,
+        "Kafka  in flight {}, topics held {held}{}",
+        n(&k["in_flight"]),
+        err(&k["last_error"])
+    );
+    o.push_str(&backlog(v));
+    o
+}
+
+/// `backlog`: what waits, how old, what was dropped or parked.
+pub fn backlog(v: &Value) -> String {
+    let b = &v["backlog"];
+    let d = &v["dead_letters"];
+    let dropped = &b["dropped"];
+    format!(
+        "backlog {} records, {} bytes, oldest {} ago (seq {}..{})\n\
+         dead letters {} records, {} bytes; dropped by policy: max_bytes {}, max_records {}, max_age {}\n",
+        n(&b["records"]),
+        n(&b["bytes"]),
+        secs(&b["oldest_age_seconds"]),
+        n(&b["oldest_seq"]),
+        n(&b["newest_seq"]),
+        n(&d["records"]),
+        n(&d["bytes"]),
+        n(&dropped["max_bytes"]),
+        n(&dropped["max_records"]),
+        n(&dropped["max_age"]),
+    )
+}
+
+/// `records`: one line per record.
+pub fn records(v: &Value) -> String {
+    let rows = v["records"].as_array().cloned().unwrap_or_default();
+    let mut o = format!(
+        "{:>10}  {:>9}  {:>3}  {:<28}  {:<20}  {:>8}  PREVIEW\n",
+        "SEQ", "AGE", "QOS", "MQTT TOPIC", "KAFKA TOPIC", "BYTES"
+    );
+    for r in &rows {
+        let _ = writeln!(
+            o,
+            "{:>10}  {:>9}  {:>3}  {:<28}  {:<20}  {:>8}  {}",
+            n(&r["seq"]),
+            secs(&r["age_seconds"]),
+            n(&r["qos"]),
+            cut(&s(&r["mqtt_topic"]), 28),
+            cut(
+                &r["kafka_topic"]
+                    .as_str()
+                    .map_or_else(|| format!("({})", s(&r["route_error"])), str::to_string),
+                20
+            ),
+            n(&r["size"]),
+            preview(r)
+        );
+    }
+    footer(&mut o, rows.len(), &v["next"]);
+    o
+}
+
+/// `dead-letters list`: one line per parked record.
+pub fn dead_letters(v: &Value) -> String {
+    let rows = v["dead_letters"].as_array().cloned().unwrap_or_default();
+    let mut o = format!(
+        "{:>10}  {:<28}  {:>8}  {:<40}  PREVIEW\n",
+        "SEQ", "MQTT TOPIC", "BYTES", "REASON"
+    );
+    for r in &rows {
+        let _ = writeln!(
+            o,
+            "{:>10}  {:<28}  {:>8}  {:<40}  {}",
+            n(&r["seq"]),
+            cut(&s(&r["mqtt_topic"]), 28),
+            n(&r["size"]),
+            cut(&s(&r["reason"]), 40),
+            preview(r)
+        );
+    }
+    footer(&mut o, rows.len(), &v["next"]);
+    o
+}
+
+fn footer(o: &mut String, shown: usize, next: &Value) {
+    match next.as_u64() {
+        Some(next) => {
+            let _ = writeln!(o, "{shown} shown; more from --from {next}");
+        }
+        None => {
+            let _ = writeln!(o, "{shown} shown");
+        }
+    }
+}
+
+fn preview(r: &Value) -> String {
+    let p = s(&r["preview"]);
+    let p = if r["preview_encoding"] == "base64" {
+        format!("base64:{p}")
+    } else {
+        // One line per record: control characters escaped, the rest as sent.
+        p.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect()
+    };
+    cut(&p, 60)
+}
+
+fn cut(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_string();
+    }
+    let mut t: String = text.chars().take(width.saturating_sub(1)).collect();
+    t.push('…');
+    t
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn n(v: &Value) -> String {
+    v.as_u64().map(|x| x.to_string()).unwrap_or_else(|| s(v))
+}
+
+fn yes(v: &Value) -> &'static str {
+    if v == true {
+        "yes"
+    } else {
+        "NO"
+    }
+}
+
+fn err(v: &Value) -> String {
+    v.as_str()
+        .map(|e| format!("; last error: {e}"))
+        .unwrap_or_default()
+}
+
+fn secs(v: &Value) -> String {
+    let Some(x) = v.as_f64() else {
+        return "-".into();
+    };
+    let d = Duration::from_secs(x.max(0.0) as u64);
+    if d.is_zero() {
+        format!("{x:.1}s")
+    } else {
+        humantime::format_duration(d).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn tables_show_what_an_operator_needs() {
+        let page = json!({"records": [
+            {"seq": 7, "age_seconds": 3725.2, "qos": 1, "mqtt_topic": "sensors/a/temp",
+             "kafka_topic": "telemetry", "size": 4, "preview": "21.5", "preview_encoding": "utf8"},
+            {"seq": 8, "age_seconds": 0.2, "qos": 2, "mqtt_topic": "x", "kafka_topic": null,
+             "route_error": "no route", "size": 3, "preview": "/wAQ", "preview_encoding": "base64"}
+        ], "next": 9});
+        let t = records(&page);
+        assert!(
+            t.contains("sensors/a/temp") && t.contains("1h 2m 5s") && t.contains("21.5"),
+            "{t}"
+        );
+        assert!(t.contains("(no route)") && t.contains("base64:/wAQ"), "{t}");
+        assert!(t.contains("2 shown; more from --from 9"), "{t}");
+        let dl = json!({"dead_letters": [{"seq": 3, "mqtt_topic": "b/x", "size": 1500000,
+            "reason": "kafka refused record: message too large", "preview": "huge:0:", "preview_encoding": "utf8"}],
+            "next": null});
+        let t = dead_letters(&dl);
+        assert!(
+            t.contains("message too large") && t.contains("1500000") && t.ends_with("1 shown\n"),
+            "{t}"
+        );
+        assert_eq!(cut("abcdef", 4), "abc…");
+        let r = json!({"preview": "{\"t\": 1}\nnext", "preview_encoding": "utf8"});
+        assert_eq!(preview(&r), "{\"t\": 1}\\nnext");
+    }
+}
