@@ -75,7 +75,8 @@ impl Dropped {
 }
 
 /// Changes applied in one transaction by [`Wal::commit`], in this order: dead letters,
-/// acknowledged prefix, policy drops, appends, changes to the MQTT session state.
+/// acknowledged prefix, policy drops, appends (then the replayed dead letters'
+/// records), removals from the dead-letter table, changes to the MQTT session state.
 #[derive(Debug, Default)]
 pub struct WriteBatch<'a> {
     pub(crate) appends: Vec<RecordRef<'a>>,
@@ -83,6 +84,8 @@ pub struct WriteBatch<'a> {
     pub(crate) ack_up_to: Option<u64>,
     pub(crate) drops: Vec<(u64, DropReason)>,
     pub(crate) session: Vec<BatchChange>,
+    pub(crate) purges: Vec<u64>,
+    pub(crate) replays: Vec<u64>,
 }
 
 impl<'a> WriteBatch<'a> {
@@ -141,6 +144,22 @@ impl<'a> WriteBatch<'a> {
         self
     }
 
+    /// Delete dead letter `seq` for good (an operator's purge): counted in
+    /// [`WalStats::dead_letters_purged`]. A sequence not in the table is skipped.
+    pub fn purge_dead_letter(&mut self, seq: u64) -> &mut Self {
+        self.purges.push(seq);
+        self
+    }
+
+    /// Put dead letter `seq` back in front of the forwarder: its record is appended
+    /// again (after this batch's appends, with the next sequence number; several in
+    /// the order given) and it leaves the dead-letter table, counted in
+    /// [`WalStats::dead_letters_replayed`]. A sequence not in the table is skipped.
+    pub fn replay_dead_letter(&mut self, seq: u64) -> &mut Self {
+        self.replays.push(seq);
+        self
+    }
+
     /// Number of appends in the batch.
     pub fn append_count(&self) -> usize {
         self.appends.len()
@@ -153,6 +172,8 @@ impl<'a> WriteBatch<'a> {
             && self.ack_up_to.is_none()
             && self.drops.is_empty()
             && self.session.is_empty()
+            && self.purges.is_empty()
+            && self.replays.is_empty()
     }
 
     /// Forget everything in the batch, keeping its allocation.
@@ -162,6 +183,8 @@ impl<'a> WriteBatch<'a> {
         self.ack_up_to = None;
         self.drops.clear();
         self.session.clear();
+        self.purges.clear();
+        self.replays.clear();
     }
 }
 
@@ -180,4 +203,8 @@ pub struct CommitOutcome {
     pub dead_letter_missing: u64,
     /// Records dropped by a policy.
     pub dropped: u64,
+    /// Dead letters purged.
+    pub dead_letters_purged: u64,
+    /// Dead letters replayed (appended again; among `appended`).
+    pub dead_letters_replayed: u64,
 }

@@ -64,6 +64,8 @@ const META_DEAD_BYTES: &str = "dead_letter_bytes";
 const META_DROPPED_MAX_BYTES: &str = "dropped_max_bytes";
 const META_DROPPED_MAX_RECORDS: &str = "dropped_max_records";
 const META_DROPPED_MAX_AGE: &str = "dropped_max_age";
+const META_DEAD_PURGED: &str = "dead_letters_purged";
+const META_DEAD_REPLAYED: &str = "dead_letters_replayed";
 /// Number of the last journal frame whose changes this redb state holds (absent = 0).
 /// Added without a version bump: a file without it has an empty journal.
 pub(crate) const META_JOURNAL_LSN: &str = "journal_lsn";
@@ -282,6 +284,8 @@ pub(crate) fn load_meta(
             max_records: get(META_DROPPED_MAX_RECORDS)?,
             max_age: get(META_DROPPED_MAX_AGE)?,
         },
+        dead_letters_purged: get(META_DEAD_PURGED)?,
+        dead_letters_replayed: get(META_DEAD_REPLAYED)?,
         ..WalStats::default()
     })
 }
@@ -300,6 +304,8 @@ pub(crate) fn store_meta(
         (META_DROPPED_MAX_BYTES, s.dropped.max_bytes),
         (META_DROPPED_MAX_RECORDS, s.dropped.max_records),
         (META_DROPPED_MAX_AGE, s.dropped.max_age),
+        (META_DEAD_PURGED, s.dead_letters_purged),
+        (META_DEAD_REPLAYED, s.dead_letters_replayed),
     ] {
         if n > 0 {
             meta.insert(key, n)?;

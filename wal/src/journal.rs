@@ -42,7 +42,9 @@
 //!         tail (only when the frame has any): count u32, then per entry:
 //!                  kind u8 | argument u16 | value u64
 //!                  kinds 1-3: MQTT session changes (`session`); 4: records dropped
-//!                  by a policy up to sequence `value`, argument = `DropReason`
+//!                  by a policy up to sequence `value`, argument = `DropReason`;
+//!                  5: dead letter `value` removed, argument 1 = purged by an
+//!                  operator, 2 = replayed (its record is among this frame's appends)
 //! ```
 //! Version 1 journals (before the tail) have the same frames without it, and are
 //! still replayed.
@@ -59,6 +61,8 @@ pub(crate) enum Tail {
     Session(Change),
     /// Records up to `up_to` dropped by a policy.
     Drop { up_to: u64, reason: DropReason },
+    /// Dead letter `seq` removed: purged, or replayed (appended again in this frame).
+    DeadLetterGone { seq: u64, replayed: bool },
 }
 
 impl Tail {
@@ -66,6 +70,7 @@ impl Tail {
         match self {
             Tail::Session(c) => session::encode(c),
             Tail::Drop { up_to, reason } => (4, reason as u16, up_to),
+            Tail::DeadLetterGone { seq, replayed } => (5, if replayed { 2 } else { 1 }, seq),
         }
     }
 
@@ -76,6 +81,11 @@ impl Tail {
                 reason: DropReason::from_code(arg)
                     .ok_or_else(|| format!("unknown drop reason {arg}"))?,
             }),
+            5 if arg == 1 || arg == 2 => Ok(Tail::DeadLetterGone {
+                seq: value,
+                replayed: arg == 2,
+            }),
+            5 => Err(format!("unknown dead-letter removal {arg}")),
             k => session::decode(k, arg, value).map(Tail::Session),
         }
     }
@@ -515,6 +525,10 @@ mod tests {
             reason: DropReason::MaxAge,
         });
         b.tail(Tail::Session(Change::Reset(99)));
+        b.tail(Tail::DeadLetterGone {
+            seq: 3,
+            replayed: true,
+        });
         let with = b.finish().to_vec();
         // Without session changes a frame is exactly what version 1 wrote.
         let without = frame(4, None, 6, &[b"r"]);
@@ -529,7 +543,11 @@ mod tests {
                     up_to: 4,
                     reason: DropReason::MaxAge
                 },
-                Tail::Session(Change::Reset(99))
+                Tail::Session(Change::Reset(99)),
+                Tail::DeadLetterGone {
+                    seq: 3,
+                    replayed: true
+                }
             ]
         );
         assert!(frames[1].1.tail.is_empty());

@@ -76,7 +76,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
 
-use redb::Database;
+use redb::{Database, ReadableDatabase};
 
 use format::{DEAD_LETTER, META, MQTT_QOS2, RECORDS};
 use journal::{FrameBuilder, Tail};
@@ -160,6 +160,10 @@ pub struct WalStats {
     pub dead_letter_bytes: u64,
     /// Records dropped by a policy, by reason, over the WAL's life.
     pub dropped: Dropped,
+    /// Dead letters an operator purged, over the WAL's life.
+    pub dead_letters_purged: u64,
+    /// Dead letters an operator replayed, over the WAL's life.
+    pub dead_letters_replayed: u64,
 }
 
 /// The write-ahead log. Share it behind an `Arc`: reads run concurrently with a commit.
@@ -408,10 +412,56 @@ impl Wal {
         for record in &batch.appends {
             frame.append_with(|buf| format::encode_record_into(buf, record))?;
         }
+        // Replayed dead letters: their records again, as new appends, in the order
+        // asked. Read here, under the writer lock: no other commit can remove them
+        // in between.
+        let replayed = if batch.replays.is_empty() {
+            Vec::new()
+        } else {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(DEAD_LETTER)?;
+            let mut found: Vec<DeadLetter> = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for &seq in &batch.replays {
+                if !seen.insert(seq) {
+                    continue; // asked twice: appended once
+                }
+                let Some(raw) = table.get(seq)? else { continue };
+                let dl = format::decode_dead_letter(seq, raw.value()).map_err(|reason| {
+                    CommitError::Invariant(format!("dead letter {seq}: {reason}"))
+                })?;
+                found.push(dl);
+            }
+            found
+        };
+        for dl in &replayed {
+            let r = &dl.record;
+            let record = RecordRef {
+                topic: &r.topic,
+                payload: &r.payload,
+                qos: r.qos,
+                retain: r.retain,
+                dup: r.dup,
+                receive_time_ms: r.receive_time_ms,
+            };
+            frame.append_with(|buf| format::encode_record_into(buf, &record))?;
+        }
         for (up_to, reason) in &batch.drops {
             frame.tail(Tail::Drop {
                 up_to: *up_to,
                 reason: *reason,
+            });
+        }
+        for dl in &replayed {
+            frame.tail(Tail::DeadLetterGone {
+                seq: dl.record.seq,
+                replayed: true,
+            });
+        }
+        for &seq in &batch.purges {
+            frame.tail(Tail::DeadLetterGone {
+                seq,
+                replayed: false,
             });
         }
         for change in &batch.session {

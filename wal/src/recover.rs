@@ -233,6 +233,22 @@ pub(crate) fn apply_frame(
         outcome.appended = frame.appends.len() as u64;
     }
     for entry in &frame.tail {
+        if let Tail::DeadLetterGone { seq, replayed } = *entry {
+            let Some(value) = dead.remove(seq)? else {
+                continue;
+            };
+            stats.dead_letters -= 1;
+            stats.dead_letter_bytes -= value.value().len() as u64;
+            if replayed {
+                stats.dead_letters_replayed += 1;
+                outcome.dead_letters_replayed += 1;
+            } else {
+                stats.dead_letters_purged += 1;
+                outcome.dead_letters_purged += 1;
+            }
+        }
+    }
+    for entry in &frame.tail {
         if let Tail::Session(change) = entry {
             session::apply(std::slice::from_ref(change), qos2, meta, stats.next_seq)?;
         }

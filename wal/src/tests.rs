@@ -240,6 +240,13 @@ enum Action {
         release: Vec<u16>,
         reset: Option<u64>,
     },
+    /// Dead letters picked by index (modulo the table's size; some past it: missing),
+    /// replayed or purged in one batch, maybe with an append.
+    DeadLetterOp {
+        picks: Vec<u8>,
+        replay: bool,
+        append: bool,
+    },
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -254,6 +261,8 @@ fn action() -> impl Strategy<Value = Action> {
         1 => (0u64..10, 0u8..3).prop_map(|(back, reason)| Action::Drop { back, reason }),
         2 => (0u16..6, prop::collection::vec(0u16..6, 0..3), prop::option::weighted(0.2, 1u64..4))
             .prop_map(|(pkid, release, reset)| Action::Qos2 { pkid, release, reset }),
+        2 => (prop::collection::vec(0u8..6, 0..4), any::<bool>(), any::<bool>())
+            .prop_map(|(picks, replay, append)| Action::DeadLetterOp { picks, replay, append }),
     ]
 }
 
@@ -261,10 +270,12 @@ fn action() -> impl Strategy<Value = Action> {
 struct Model {
     next: u64,
     records: BTreeMap<u64, (String, Vec<u8>)>,
-    dead: BTreeMap<u64, String>,
+    dead: BTreeMap<u64, (String, Vec<u8>)>,
     session: Option<u64>,
     qos2: BTreeMap<u16, u64>,
     dropped: [u64; 3],
+    purged: u64,
+    replayed: u64,
 }
 
 proptest! {
@@ -312,9 +323,9 @@ proptest! {
                     let mut b = WriteBatch::new();
                     b.dead_letter(seq, "permanent");
                     let out = wal.commit(&b, Durability::Immediate).unwrap();
-                    let was = m.records.remove(&seq).is_some();
-                    prop_assert_eq!(out.dead_lettered, was as u64);
-                    if was { m.dead.insert(seq, "permanent".into()); }
+                    let was = m.records.remove(&seq);
+                    prop_assert_eq!(out.dead_lettered, was.is_some() as u64);
+                    if let Some(r) = was { m.dead.insert(seq, r); }
                 }
                 Action::Reopen => {
                     // Close cleanly: a clean close flushes non-durable commits too.
@@ -355,6 +366,47 @@ proptest! {
                         m.session = Some(id);
                     }
                 }
+                Action::DeadLetterOp { picks, replay, append } => {
+                    let dead: Vec<u64> = m.dead.keys().copied().collect();
+                    // Indexes past the table name sequences that are not in it.
+                    let mut seqs: Vec<u64> = picks
+                        .iter()
+                        .map(|i| dead.get(*i as usize).copied().unwrap_or(m.next + 100 + *i as u64))
+                        .collect();
+                    let mut seen = std::collections::BTreeSet::new();
+                    let asked = seqs.clone();
+                    seqs.retain(|s| seen.insert(*s));
+                    let mut b = WriteBatch::new();
+                    if append {
+                        b.append(rec("dev/new", b"n"));
+                    }
+                    // Asked with repeats: each one counts once.
+                    for s in &asked {
+                        if replay { b.replay_dead_letter(*s); } else { b.purge_dead_letter(*s); }
+                    }
+                    let out = wal.commit(&b, Durability::None).unwrap();
+                    if append {
+                        m.records.insert(m.next, ("dev/new".into(), b"n".to_vec()));
+                        m.next += 1;
+                    }
+                    let mut n = 0;
+                    for s in &seqs {
+                        let Some(r) = m.dead.remove(s) else { continue };
+                        n += 1;
+                        if replay {
+                            m.records.insert(m.next, r);
+                            m.next += 1;
+                        }
+                    }
+                    if replay {
+                        m.replayed += n;
+                        prop_assert_eq!(out.dead_letters_replayed, n);
+                        prop_assert_eq!(out.appended, n + append as u64);
+                    } else {
+                        m.purged += n;
+                        prop_assert_eq!(out.dead_letters_purged, n);
+                    }
+                }
             }
             let d = s_dropped(&wal);
             prop_assert_eq!(d, m.dropped);
@@ -367,6 +419,7 @@ proptest! {
             prop_assert_eq!(s.oldest_seq, m.records.keys().next().copied());
             prop_assert_eq!(s.newest_seq, m.records.keys().next_back().copied());
             prop_assert_eq!(s.dead_letters, m.dead.len() as u64);
+            prop_assert_eq!((s.dead_letters_purged, s.dead_letters_replayed), (m.purged, m.replayed));
             let bytes: u64 = m.records.values().map(|(t, p)| (13 + t.len() + p.len()) as u64).sum();
             prop_assert_eq!(s.bytes, bytes);
         }
@@ -620,4 +673,54 @@ fn without_the_journal_every_durable_commit_goes_to_redb() {
     std::fs::copy(dir.path().join(FILE_NAME), crashed.path().join(FILE_NAME)).unwrap();
     let reopened = Wal::open(crashed.path(), options).unwrap();
     assert_eq!(reopened.stats().records, 1);
+}
+
+#[test]
+fn replayed_and_purged_dead_letters_survive_a_crash_through_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let crashed = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    wal.append(&[rec("a", b"1"), rec("b", b"2"), rec("c", b"3")])
+        .unwrap();
+    let mut b = WriteBatch::new();
+    b.dead_letter(1, "too large")
+        .dead_letter(2, "refused")
+        .dead_letter(3, "x");
+    wal.commit(&b, Durability::Immediate).unwrap();
+    wal.checkpoint().unwrap();
+    // Replay 2 then 1 (in that order), purge 3: not durable in redb, only journaled.
+    let mut b = WriteBatch::new();
+    b.replay_dead_letter(2)
+        .replay_dead_letter(1)
+        .purge_dead_letter(3);
+    let out = wal.commit(&b, Durability::Immediate).unwrap();
+    assert_eq!(
+        (
+            out.appended,
+            out.dead_letters_replayed,
+            out.dead_letters_purged,
+            out.first_appended
+        ),
+        (2, 2, 1, Some(4))
+    );
+    crash_copy(dir.path(), crashed.path());
+    let reopened = Wal::open(crashed.path(), WalOptions::default()).unwrap();
+    assert_eq!(reopened.stats(), wal.stats());
+    let s = reopened.stats();
+    assert_eq!(
+        (
+            s.dead_letters,
+            s.dead_letter_bytes,
+            s.dead_letters_purged,
+            s.dead_letters_replayed
+        ),
+        (0, 0, 1, 2)
+    );
+    let back: Vec<(u64, String)> = reopened
+        .read_from(0, 10, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.seq, r.topic))
+        .collect();
+    assert_eq!(back, vec![(4, "b".to_string()), (5, "a".to_string())]);
 }
