@@ -92,6 +92,9 @@ impl Forwarder {
             }
             let idle = self.window.in_flight() == 0;
             let mut alone = false;
+            // The next record is a suspect and others are in flight: it waits for
+            // their delivery reports (fill returns, the loop drains events).
+            let mut suspect_waits = false;
             let mut queue_full = false;
             let mut outcomes: Vec<(u64, Outcome)> = Vec::new();
             let wal = self.wal.clone();
@@ -117,6 +120,7 @@ impl Forwarder {
                 }
                 if next_suspect.is_some_and(|s| seq >= s) {
                     if !(idle && outcomes.is_empty()) {
+                        suspect_waits = true;
                         return ControlFlow::Break(());
                     }
                     alone = true;
@@ -160,7 +164,7 @@ impl Forwarder {
             for (seq, outcome) in outcomes {
                 self.apply(seq, outcome);
             }
-            if queue_full || alone || read == 0 || self.need_rebuild.is_some() {
+            if queue_full || alone || suspect_waits || read == 0 || self.need_rebuild.is_some() {
                 return Ok(sent_any);
             }
         }
