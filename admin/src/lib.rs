@@ -7,9 +7,11 @@
 //! a lock on the data path.
 //!
 //! Invariants:
-//! - Every route is read-only (`GET`/`HEAD`); request bodies are never read, and a
-//!   request announcing more than [`MAX_BODY_BYTES`] is refused with 413 before
-//!   anything else happens.
+//! - Request bodies are never read (the two `POST` routes take their selection from
+//!   the query string), and a request announcing more than [`MAX_BODY_BYTES`] is
+//!   refused with 413 before anything else happens.
+//! - The routes that change something (`POST /dead-letters/replay`, `/purge`) need the
+//!   token, and are refused (403) when none is configured.
 //! - Every route but `/healthz` and `/readyz` asks for the bearer token once one is
 //!   configured ([`Access`]); the token is compared in constant time and never logged.
 //! - `/healthz` does not call [`Source::snapshot`]: liveness must not depend on the
@@ -29,8 +31,12 @@ use serde::Serialize;
 pub use access::{Access, Denied};
 pub use counters::{AtomicCounters, Counters};
 pub use records::{
-    preview, DeadLetterView, DeadLettersPage, RecordView, RecordsPage, RecordsQuery,
+    preview, ActionOutcome, DeadLetterAction, DeadLetterView, DeadLettersPage, RecordView,
+    RecordsPage, RecordsQuery, Selection,
 };
+
+/// A boxed future, as [`Source`]'s asynchronous methods return.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 pub use routes::{handle, MAX_BODY_BYTES};
 pub use server::serve;
 
@@ -57,6 +63,17 @@ pub trait Source: Send + Sync + 'static {
     fn dead_letters(&self, query: &RecordsQuery) -> Result<DeadLettersPage, String> {
         let _ = query;
         Err("this gateway does not show dead letters".into())
+    }
+
+    /// Replay or purge the dead letters `selection` picks (`POST /dead-letters/replay`,
+    /// `/dead-letters/purge`); answers once the change is durable.
+    fn dead_letter_action(
+        &self,
+        action: DeadLetterAction,
+        selection: Selection,
+    ) -> BoxFuture<'_, Result<ActionOutcome, String>> {
+        let _ = (action, selection);
+        Box::pin(async { Err("this gateway does not change dead letters".to_string()) })
     }
 }
 
@@ -246,4 +263,8 @@ pub struct DeadLetters {
     pub records: u64,
     /// Payload bytes of dead-lettered records kept.
     pub bytes: u64,
+    /// Dead letters an operator purged, over the WAL's life.
+    pub purged: u64,
+    /// Dead letters an operator replayed, over the WAL's life.
+    pub replayed: u64,
 }

@@ -136,6 +136,23 @@ pub(crate) fn render(s: &Snapshot) -> String {
         d.max_bytes, d.max_records, d.max_age
     );
 
+    family(
+        &mut out,
+        "mkg_dead_letters_purged_total",
+        "Dead letters an operator purged (deleted for good), over the WAL's life.",
+        "counter",
+        "",
+        &s.dead_letters.purged.to_string(),
+    );
+    family(
+        &mut out,
+        "mkg_dead_letters_replayed_total",
+        "Dead letters an operator replayed (put back in front of the forwarder), over the WAL's life.",
+        "counter",
+        "",
+        &s.dead_letters.replayed.to_string(),
+    );
+
     histogram(
         &mut out,
         "mkg_wal_commit_duration_seconds",
@@ -279,7 +296,7 @@ mod tests {
             );
             assert!(name.starts_with("mkg_"), "{name} lacks the mkg_ prefix");
         }
-        assert_eq!(samples, 40);
+        assert_eq!(samples, 42);
         assert!(text.ends_with('\n'));
     }
 }

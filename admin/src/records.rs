@@ -208,6 +208,22 @@ mod tests {
     }
 
     #[test]
+    fn selections_need_a_choice_or_all() {
+        assert!(Selection::parse(None).unwrap_err().contains("all=true"));
+        assert_eq!(
+            Selection::parse(Some("all=true")).unwrap(),
+            Selection::default()
+        );
+        let s = Selection::parse(Some("from=3&to=9&topic=a%2F%23&reason=too+large")).unwrap();
+        assert_eq!(
+            s.describe(),
+            "from 3, to 9, topic a/#, reason containing \"too large\""
+        );
+        assert!(Selection::parse(Some("from=9&to=3")).is_err());
+        assert!(Selection::parse(Some("seq=1")).unwrap_err().contains("seq"));
+    }
+
+    #[test]
     fn previews_are_text_or_base64() {
         assert_eq!(preview(b"21.5"), ("21.5".into(), "utf8", false));
         let long = "é".repeat(200); // 400 bytes: cut inside a character
@@ -225,4 +241,105 @@ mod tests {
         assert_eq!((enc, cut, p.len()), ("base64", true, 256));
         assert_eq!(preview(b""), (String::new(), "utf8", false));
     }
+}
+
+/// Which dead letters a replay or purge takes (`POST /dead-letters/replay|purge`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// Sequences from this one on.
+    pub from: Option<u64>,
+    /// Sequences up to this one.
+    pub to: Option<u64>,
+    /// MQTT topic filter (`+`, `#`).
+    pub topic: Option<String>,
+    /// Only those whose reason contains this text.
+    pub reason: Option<String>,
+}
+
+impl Selection {
+    /// Parse `from`, `to`, `topic`, `reason` and `all=true`. Nothing chosen and no
+    /// `all=true` is refused: a bare request must not take the whole table.
+    pub fn parse(query: Option<&str>) -> Result<Self, String> {
+        let mut sel = Self::default();
+        let mut all = false;
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = percent_decode(v).ok_or_else(|| format!("{k}: bad percent-encoding"))?;
+            let seq = |v: &str| {
+                v.parse::<u64>()
+                    .map_err(|_| format!("{k}: not a sequence number: {v:?}"))
+            };
+            match k {
+                "from" => sel.from = Some(seq(&v)?),
+                "to" => sel.to = Some(seq(&v)?),
+                "topic" if !v.is_empty() => sel.topic = Some(v),
+                "reason" if !v.is_empty() => sel.reason = Some(v),
+                "all" if v == "true" => all = true,
+                "topic" | "reason" | "all" => {}
+                other => {
+                    return Err(format!(
+                        "unknown parameter {other:?} (from, to, topic, reason, all=true)"
+                    ))
+                }
+            }
+        }
+        if sel == Self::default() && !all {
+            return Err(
+                "choose dead letters with from, to, topic or reason, or pass all=true".into(),
+            );
+        }
+        if let (Some(f), Some(t)) = (sel.from, sel.to) {
+            if f > t {
+                return Err(format!("from {f} is after to {t}"));
+            }
+        }
+        Ok(sel)
+    }
+
+    /// The selection in words, for logs and answers.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(f) = self.from {
+            parts.push(format!("from {f}"));
+        }
+        if let Some(t) = self.to {
+            parts.push(format!("to {t}"));
+        }
+        if let Some(t) = &self.topic {
+            parts.push(format!("topic {t}"));
+        }
+        if let Some(r) = &self.reason {
+            parts.push(format!("reason containing {r:?}"));
+        }
+        if parts.is_empty() {
+            "all".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+/// Replay or purge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadLetterAction {
+    /// Put them back in front of the forwarder (appended again, in their order).
+    Replay,
+    /// Delete them for good.
+    Purge,
+}
+
+/// What a replay or purge did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionOutcome {
+    /// Replay or purge.
+    pub action: DeadLetterAction,
+    /// The selection, in words.
+    pub selection: String,
+    /// Dead letters the selection matched.
+    pub matched: u64,
+    /// Dead letters replayed or purged (fewer when some went in between).
+    pub done: u64,
+    /// With a replay: the sequence the first replayed record got.
+    pub first_seq: Option<u64>,
 }

@@ -7,13 +7,18 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
-use crate::{Backlog, DeadLetters, Denied, RecordsQuery, Snapshot, Source};
+use crate::{
+    Backlog, DeadLetterAction, DeadLetters, Denied, RecordsQuery, Selection, Snapshot, Source,
+};
 
 /// Largest request body the admin API accepts; larger requests get 413 without being read.
 pub const MAX_BODY_BYTES: u64 = 64 * 1024;
 
-/// Methods every current route answers; kept in one place so the 405 `allow` header stays truthful.
+/// Methods the reading routes answer; kept in one place so the 405 `allow` header
+/// stays truthful.
 const ALLOW: &str = "GET, HEAD";
+/// Methods the routes that change something answer.
+const ALLOW_CHANGE: &str = "POST";
 
 const CONTENT_TYPE_JSON: &str = "application/json";
 const CONTENT_TYPE_TEXT: &str = "text/plain; charset=utf-8";
@@ -28,6 +33,8 @@ enum Route {
     Metrics,
     Records,
     DeadLetters,
+    Replay,
+    Purge,
 }
 
 /// The whole API surface; adding a route means one line here and one arm in `respond`.
@@ -39,12 +46,19 @@ const ROUTES: &[(&str, Route)] = &[
     ("/metrics", Route::Metrics),
     ("/records", Route::Records),
     ("/dead-letters", Route::DeadLetters),
+    ("/dead-letters/replay", Route::Replay),
+    ("/dead-letters/purge", Route::Purge),
 ];
 
 impl Route {
     /// Probes answer without a token: they reveal only "up" and why not ready.
     fn is_open(self) -> bool {
         matches!(self, Route::Healthz | Route::Readyz)
+    }
+
+    /// Routes that change the gateway's state: `POST`, and only with a token.
+    fn changes(self) -> bool {
+        matches!(self, Route::Replay | Route::Purge)
     }
 }
 
@@ -54,8 +68,9 @@ fn route(path: &str) -> Option<Route> {
 
 /// Answer one request (used by `serve` and directly by tests).
 ///
-/// The body is never read: every route is a read-only `GET`, so there is nothing to
-/// buffer and a client cannot make us hold memory by streaming one.
+/// The body is never read (the `POST` routes take their selection from the query
+/// string), so there is nothing to buffer and a client cannot make us hold memory by
+/// streaming one.
 pub async fn handle<B>(req: Request<B>, source: &dyn Source) -> Response<Full<Bytes>>
 where
     B: Body,
@@ -88,21 +103,51 @@ where
     };
 
     let method = req.method();
-    if method != Method::GET && method != Method::HEAD {
+    let allowed = if route.changes() {
+        method == Method::POST
+    } else {
+        method == Method::GET || method == Method::HEAD
+    };
+    if !allowed {
         let mut resp = json_error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method not allowed",
             Some(("method", method.as_str().into())),
         );
-        resp.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static(ALLOW));
+        resp.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static(if route.changes() { ALLOW_CHANGE } else { ALLOW }),
+        );
         return resp;
     }
 
     if !route.is_open() {
-        if let Err(denied) = source.access().check(req.headers(), false) {
+        if let Err(denied) = source.access().check(req.headers(), route.changes()) {
             return refuse(denied);
         }
+    }
+
+    if route.changes() {
+        let action = if route == Route::Replay {
+            DeadLetterAction::Replay
+        } else {
+            DeadLetterAction::Purge
+        };
+        return match Selection::parse(req.uri().query()) {
+            Err(e) => json_error(
+                StatusCode::BAD_REQUEST,
+                "bad query",
+                Some(("detail", e.into())),
+            ),
+            Ok(sel) => match source.dead_letter_action(action, sel).await {
+                Ok(outcome) => json(StatusCode::OK, &outcome),
+                Err(e) => json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not done",
+                    Some(("detail", e.into())),
+                ),
+            },
+        };
     }
 
     let resp = respond(route, req.uri().query(), source);
@@ -117,6 +162,10 @@ fn respond(route: Route, query: Option<&str>, source: &dyn Source) -> Response<F
     match route {
         Route::Records => page(query, |q| source.records(q)),
         Route::DeadLetters => page(query, |q| source.dead_letters(q)),
+        // Answered in `handle` (they are asynchronous); never reached.
+        Route::Replay | Route::Purge => {
+            json_error(StatusCode::METHOD_NOT_ALLOWED, "use POST", None)
+        }
         Route::Healthz => text(StatusCode::OK, CONTENT_TYPE_TEXT, "ok\n".into()),
         Route::Readyz => readyz(&source.snapshot()),
         Route::Backlog => {

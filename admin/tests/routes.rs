@@ -189,7 +189,7 @@ async fn backlog_includes_dead_letters() {
             "oldest_age_seconds": 3.25,
             "next_seq": 100,
             "dropped": {"max_bytes": 0, "max_records": 6, "max_age": 0},
-            "dead_letters": {"records": 2, "bytes": 300}
+            "dead_letters": {"records": 2, "bytes": 300, "purged": 4, "replayed": 5}
         })
     );
 }

@@ -111,7 +111,12 @@ impl Client {
 
     /// GET `path` and parse the JSON answer.
     pub fn get(&self, path: &str) -> Result<Value, Failure> {
-        let (status, body) = self.request(path).map_err(|e| {
+        self.call("GET", path)
+    }
+
+    /// `method` `path` (no body) and parse the JSON answer.
+    pub fn call(&self, method: &str, path: &str) -> Result<Value, Failure> {
+        let (status, body) = self.request(method, path).map_err(|e| {
             failure(
                 EXIT_UNREACHABLE,
                 format!("cannot reach the gateway's admin API at {}: {e}", self.addr),
@@ -138,16 +143,16 @@ impl Client {
             )),
             _ => Err(failure(
                 1,
-                format!("GET {path}: {status} {}", body.trim_end()),
+                format!("{method} {path}: {status} {}", body.trim_end()),
             )),
         }
     }
 
-    fn request(&self, path: &str) -> std::io::Result<(u16, String)> {
+    fn request(&self, method: &str, path: &str) -> std::io::Result<(u16, String)> {
         let mut s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
         let mut req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: application/json\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: application/json\r\nContent-Length: 0\r\n",
             self.host
         );
         if let Some(t) = &self.token {
@@ -293,6 +298,26 @@ pub fn dead_letters(v: &Value) -> String {
         );
     }
     footer(&mut o, rows.len(), &v["next"]);
+    o
+}
+
+/// `dead-letters replay|purge`: what was done.
+pub fn action(v: &Value) -> String {
+    let verb = if v["action"] == "replay" {
+        "replayed"
+    } else {
+        "purged"
+    };
+    let mut o = format!(
+        "{} of {} dead letters {verb} (selection: {})",
+        n(&v["done"]),
+        n(&v["matched"]),
+        s(&v["selection"])
+    );
+    if let Some(first) = v["first_seq"].as_u64() {
+        let _ = write!(o, "; back in the backlog from sequence {first}");
+    }
+    o.push('\n');
     o
 }
 

@@ -125,3 +125,42 @@ fn view(seq: u64, rec: &RecordRef<'_>, router: &mut Router, now_ms: u64) -> Reco
         truncated,
     }
 }
+
+/// Dead letters a replay or purge takes at most per request.
+pub const MAX_SELECTED: usize = 1_000_000;
+
+/// The sequences of the dead letters `sel` picks, in order (at most
+/// [`MAX_SELECTED`]).
+pub fn select_dead_letters(wal: &Wal, sel: &admin::Selection) -> Result<Vec<u64>, String> {
+    let mut from = sel.from.unwrap_or(1).max(1);
+    let mut seqs = Vec::new();
+    loop {
+        let page = wal.dead_letters(from, 1000).map_err(|e| e.to_string())?;
+        let Some(last) = page.last().map(|d| d.record.seq) else {
+            break;
+        };
+        for dl in &page {
+            let seq = dl.record.seq;
+            if sel.to.is_some_and(|t| seq > t) {
+                return Ok(seqs);
+            }
+            if sel
+                .topic
+                .as_deref()
+                .is_some_and(|f| !filter_matches(f, &dl.record.topic))
+                || sel
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| !dl.reason.contains(r))
+            {
+                continue;
+            }
+            seqs.push(seq);
+            if seqs.len() >= MAX_SELECTED {
+                return Ok(seqs);
+            }
+        }
+        from = last + 1;
+    }
+    Ok(seqs)
+}

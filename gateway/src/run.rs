@@ -172,6 +172,9 @@ pub async fn run_with(
         .lock()
         .unwrap_or_else(|e| e.into_inner()) = cfg.mqtt.session_lost_alert;
 
+    // The forwarder's channel to the WAL thread; the admin API's dead-letter commands
+    // share it (through a weak sender: it must not keep the WAL thread alive).
+    let (forward_wal_tx, forward_wal_rx) = mpsc::channel(1024);
     // Admin API first, so the backlog is visible even while brokers are down.
     let view: Arc<dyn admin::Source> = Arc::new(AdminView {
         shared: shared.clone(),
@@ -179,6 +182,7 @@ pub async fn run_with(
         gateway_id: cfg.gateway_id.clone(),
         access: admin::Access::new(loaded.admin_token.as_ref().map(|t| t.expose())),
         config: config_rx.clone(),
+        wal_tx: forward_wal_tx.downgrade(),
     });
     let admin_api =
         AdminApi::start(&cfg.admin, view)
@@ -193,7 +197,6 @@ pub async fn run_with(
 
     // WAL thread.
     let (wal_tx, wal_rx) = mpsc::channel(16_384);
-    let (forward_wal_tx, forward_wal_rx) = mpsc::channel(1024);
     let (durable_tx, durable_rx) = watch::channel(0u64);
     let (events_tx, events_rx) = stdmpsc::channel();
     let wake_pending = Arc::new(AtomicBool::new(false));

@@ -21,6 +21,9 @@ pub struct AdminView {
     pub access: admin::Access,
     /// The running configuration (routes for `/records`).
     pub config: tokio::sync::watch::Receiver<Arc<crate::config::Loaded>>,
+    /// The WAL thread, for operators' dead-letter commands (weak: it must not keep
+    /// the thread alive at shutdown).
+    pub wal_tx: tokio::sync::mpsc::WeakSender<crate::writer::WalCmd>,
 }
 
 impl admin::Source for AdminView {
@@ -32,6 +35,54 @@ impl admin::Source for AdminView {
         // The configured router's cache stays empty: the forwarder routes with its own.
         let mut router = self.config.borrow().router.clone();
         crate::peek::records(&self.wal, &mut router, query, unix_ms())
+    }
+
+    fn dead_letter_action(
+        &self,
+        action: admin::DeadLetterAction,
+        selection: admin::Selection,
+    ) -> admin::BoxFuture<'_, Result<admin::ActionOutcome, String>> {
+        Box::pin(async move {
+            let wal = self.wal.clone();
+            let sel = selection.clone();
+            let seqs =
+                tokio::task::spawn_blocking(move || crate::peek::select_dead_letters(&wal, &sel))
+                    .await
+                    .map_err(|e| e.to_string())??;
+            let matched = seqs.len() as u64;
+            let describe = selection.describe();
+            if seqs.is_empty() {
+                return Ok(admin::ActionOutcome {
+                    action,
+                    selection: describe,
+                    matched,
+                    done: 0,
+                    first_seq: None,
+                });
+            }
+            let (reply, done) = tokio::sync::oneshot::channel();
+            let op = crate::writer::operator::DeadLetterOp {
+                replay: action == admin::DeadLetterAction::Replay,
+                seqs,
+                selection: describe.clone(),
+                reply,
+            };
+            let tx = self.wal_tx.upgrade().ok_or("the WAL thread has stopped")?;
+            tx.send(crate::writer::WalCmd::Operator(op))
+                .await
+                .map_err(|_| "the WAL thread has stopped".to_string())?;
+            drop(tx);
+            let done = done
+                .await
+                .map_err(|_| "the WAL thread stopped before it was done".to_string())??;
+            Ok(admin::ActionOutcome {
+                action,
+                selection: describe,
+                matched,
+                done: done.done,
+                first_seq: done.first_seq,
+            })
+        })
     }
 
     fn dead_letters(&self, query: &admin::RecordsQuery) -> Result<admin::DeadLettersPage, String> {
@@ -129,6 +180,8 @@ impl admin::Source for AdminView {
             dead_letters: admin::DeadLetters {
                 records: w.dead_letters,
                 bytes: w.dead_letter_bytes,
+                purged: w.dead_letters_purged,
+                replayed: w.dead_letters_replayed,
             },
             counters: c.snapshot(),
             wal_commit_seconds: s.commit_times.histogram(),

@@ -570,6 +570,17 @@ pub fn http_get_with(
     path: &str,
     headers: &[(&str, &str)],
 ) -> std::io::Result<(u16, String)> {
+    http_request(addr, "GET", path, headers)
+}
+
+/// A request without a body (`GET`, `POST` with the query string...); returns
+/// (status, body).
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     let extra: String = headers
@@ -578,7 +589,7 @@ pub fn http_get_with(
         .collect();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{extra}\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: 0\r\n{extra}\r\n"
     )?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;

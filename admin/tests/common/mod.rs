@@ -100,6 +100,8 @@ pub fn healthy() -> Snapshot {
         dead_letters: DeadLetters {
             records: 2,
             bytes: 300,
+            purged: 4,
+            replayed: 5,
         },
         counters: Counters {
             mqtt_messages_received: 101,

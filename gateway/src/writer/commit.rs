@@ -368,11 +368,17 @@ impl WalThread {
     pub(crate) fn take_queued(&mut self, dead: &mut Vec<(u64, String)>, ack: &mut Option<u64>) {
         let mut ignored = 0usize;
         while let Some(cmd) = self.rx.try_recv_forward() {
-            take(cmd, &mut self.held, dead, ack, &mut ignored);
+            if let Some(op) = take(cmd, &mut self.held, dead, ack, &mut ignored) {
+                self.operator.push(op);
+            }
         }
         while self.held.len() < HOLD_LIMIT {
             match self.rx.try_recv() {
-                Ok(cmd) => take(cmd, &mut self.held, dead, ack, &mut ignored),
+                Ok(cmd) => {
+                    if let Some(op) = take(cmd, &mut self.held, dead, ack, &mut ignored) {
+                        self.operator.push(op);
+                    }
+                }
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     self.closed = true;
                     break;

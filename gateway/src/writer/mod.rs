@@ -22,6 +22,7 @@
 
 mod commit;
 mod inbox;
+pub mod operator;
 mod space;
 #[cfg(test)]
 mod tests;
@@ -90,6 +91,8 @@ pub enum WalCmd {
     AckUpTo(u64),
     /// Move a record to the dead-letter table.
     DeadLetter(u64, String),
+    /// An operator's replay or purge of dead letters (`operator`).
+    Operator(operator::DeadLetterOp),
 }
 
 /// An ingest command on its way to disk, in arrival order.
@@ -222,13 +225,16 @@ pub(crate) fn build<'a>(
     batch
 }
 
+/// Put `cmd` into the batch being gathered; an operator's command is handed back: it
+/// is committed on its own after the batch.
+#[must_use]
 pub(crate) fn take(
     cmd: WalCmd,
     appends: &mut Vec<Entry>,
     dead: &mut Vec<(u64, String)>,
     ack: &mut Option<u64>,
     bytes: &mut usize,
-) {
+) -> Option<operator::DeadLetterOp> {
     match cmd {
         WalCmd::Append(p) => {
             *bytes += p.size();
@@ -241,5 +247,7 @@ pub(crate) fn take(
         }
         WalCmd::AckUpTo(s) => *ack = Some(ack.map_or(s, |a| a.max(s))),
         WalCmd::DeadLetter(seq, reason) => dead.push((seq, reason)),
+        WalCmd::Operator(op) => return Some(op),
     }
+    None
 }

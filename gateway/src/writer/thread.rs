@@ -48,7 +48,9 @@ pub(crate) struct WalThread {
     last_commit: Instant,
     last_expiry: Instant,
     pub(crate) drop_log: DropLog,
-    on_append: Box<dyn Fn() + Send>,
+    /// Operators' commands taken while gathering, run after the batch.
+    pub(crate) operator: Vec<super::operator::DeadLetterOp>,
+    pub(crate) on_append: Box<dyn Fn() + Send>,
 }
 
 impl std::fmt::Debug for WalThread {
@@ -87,6 +89,7 @@ impl WalThread {
             held: Vec::new(),
             closed: false,
             waiting: Unsynced::default(),
+            operator: Vec::new(),
             unsynced: false,
             last_commit: Instant::now() - MIN_COMMIT_INTERVAL,
             last_expiry: Instant::now(),
@@ -127,7 +130,11 @@ impl WalThread {
                         continue;
                     }
                     Ok(None) => break,
-                    Ok(Some(cmd)) => take(cmd, &mut appends, &mut dead, &mut ack, &mut bytes),
+                    Ok(Some(cmd)) => {
+                        if let Some(op) = take(cmd, &mut appends, &mut dead, &mut ack, &mut bytes) {
+                            self.operator.push(op);
+                        }
+                    }
                 }
             } else {
                 let mut n = 0;
@@ -199,6 +206,9 @@ impl WalThread {
                     return;
                 }
                 self.unsynced = false;
+            }
+            if !self.operator.is_empty() && !self.run_operator() {
+                return;
             }
         }
         // Committed appends still waiting for their fsync: make them durable and release
@@ -276,7 +286,11 @@ impl WalThread {
                 break;
             }
             match self.rx.try_recv() {
-                Ok(cmd) => take(cmd, appends, dead, ack, bytes),
+                Ok(cmd) => {
+                    if let Some(op) = take(cmd, appends, dead, ack, bytes) {
+                        self.operator.push(op);
+                    }
+                }
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     self.closed = true;
                     break;
@@ -293,7 +307,11 @@ impl WalThread {
                         .rt
                         .block_on(async { tokio::time::timeout(wait, rx.recv()).await })
                     {
-                        Ok(Some(cmd)) => take(cmd, appends, dead, ack, bytes),
+                        Ok(Some(cmd)) => {
+                            if let Some(op) = take(cmd, appends, dead, ack, bytes) {
+                                self.operator.push(op);
+                            }
+                        }
                         Ok(None) => {
                             self.closed = true;
                             break;
