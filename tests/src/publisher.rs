@@ -67,6 +67,11 @@ pub struct ResilientOutcome {
     pub sessions_lost: usize,
     /// Publishes sent again after a reconnect (same packet id, still unacknowledged).
     pub retransmissions: usize,
+    /// The messages (indices into the list given) sent again as PUBLISH after a
+    /// reconnect (QoS 2 only). A broker that lost its side of such an exchange in a
+    /// restart takes the resend as a new message and delivers it again: a copy the
+    /// subscriber cannot tell from a new message.
+    pub republished: Vec<usize>,
 }
 
 /// Publish `messages` with QoS `qos`, riding out broker restarts, until all are

@@ -186,7 +186,10 @@ async fn session(
             continue;
         };
         let p = match stage {
-            Stage::Published => s.publish_packet(pkid, idx, true),
+            Stage::Published => {
+                s.out.republished.push(idx);
+                s.publish_packet(pkid, idx, true)
+            }
             Stage::Released => Packet::PubRel(PubRel::new(pkid)),
         };
         conn.write(&p).await?;
