@@ -1,5 +1,5 @@
-//! Admin HTTP API of the gateway: health, readiness, backlog, records, dead letters,
-//! status and metrics.
+//! Admin HTTP API of the gateway: health, readiness, backlog (with rates and
+//! forecasts), history, records, dead letters, status and metrics.
 //!
 //! This crate owns HTTP and nothing else. The gateway hands it a [`Source`] that
 //! produces a [`Snapshot`] of its state; the admin server never reaches into the WAL
@@ -51,6 +51,11 @@ pub trait Source: Send + Sync + 'static {
         &access::NO_TOKEN
     }
 
+    /// The history of the backlog and the rates (`GET /history`).
+    fn history(&self) -> History {
+        History::default()
+    }
+
     /// A page of the backlog (`GET /records`); `Err` says why it cannot be read now.
     /// Reading must not hold up the WAL's writer.
     fn records(&self, query: &RecordsQuery) -> Result<RecordsPage, String> {
@@ -96,6 +101,8 @@ pub struct Snapshot {
     pub backlog: Backlog,
     /// Records Kafka refused permanently and that were set aside.
     pub dead_letters: DeadLetters,
+    /// Ingest and drain rates, and what they forecast.
+    pub rates: Rates,
     /// Monotonic counters since process start.
     pub counters: Counters,
     /// How long each durable WAL commit took (write and fsync): `/metrics` only.
@@ -243,6 +250,61 @@ pub struct Backlog {
     /// `wal.on_expired = drop`), by reason, over the WAL's life: they never reached
     /// Kafka.
     pub dropped: Dropped,
+}
+
+/// Ingest and drain rates (records per second; `None` until there are samples) and
+/// what they forecast.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Rates {
+    /// Records committed to the WAL per second, last minute.
+    pub ingest_1m: Option<f64>,
+    /// The same over 5 minutes.
+    pub ingest_5m: Option<f64>,
+    /// Records Kafka acknowledged per second, last minute.
+    pub drain_1m: Option<f64>,
+    /// The same over 5 minutes.
+    pub drain_5m: Option<f64>,
+    /// Seconds until the backlog is empty at the last minute's net drain (`None`: not
+    /// draining faster than it grows).
+    pub eta_empty_seconds: Option<f64>,
+    /// Free bytes on the WAL's filesystem.
+    pub disk_free_bytes: Option<u64>,
+    /// Free bytes above `wal.min_free_space` (where ingest pauses).
+    pub disk_headroom_bytes: Option<u64>,
+    /// How fast the backlog's bytes grew per second, last minute (negative: draining).
+    pub backlog_growth_bytes_per_second: Option<f64>,
+    /// Seconds until ingest pauses for disk space at that growth (`None`: not growing).
+    pub eta_ingest_pause_seconds: Option<f64>,
+}
+
+/// One point of the history (`GET /history`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HistoryPoint {
+    /// When, Unix ms.
+    pub unix_ms: u64,
+    /// Backlog records.
+    pub backlog_records: u64,
+    /// Backlog bytes.
+    pub backlog_bytes: u64,
+    /// Dead letters.
+    pub dead_letters: u64,
+    /// Ingest rate over the minute before (records/s).
+    pub ingest_rate: Option<f64>,
+    /// Drain rate over the minute before (records/s).
+    pub drain_rate: Option<f64>,
+}
+
+/// The in-memory history: lost on restart.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct History {
+    /// Seconds between two points of `fine`.
+    pub fine_seconds: u64,
+    /// The last hour.
+    pub fine: Vec<HistoryPoint>,
+    /// Seconds between two points of `coarse`.
+    pub coarse_seconds: u64,
+    /// The last day.
+    pub coarse: Vec<HistoryPoint>,
 }
 
 /// Records dropped by a policy, by reason.

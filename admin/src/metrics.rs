@@ -136,6 +136,33 @@ pub(crate) fn render(s: &Snapshot) -> String {
         d.max_bytes, d.max_records, d.max_age
     );
 
+    let r = &s.rates;
+    let rates: &[(&str, &str, Option<f64>)] = &[
+        ("mkg_ingest_rate_1m", "Records committed to the WAL per second, last minute.", r.ingest_1m),
+        ("mkg_ingest_rate_5m", "Records committed to the WAL per second, last 5 minutes.", r.ingest_5m),
+        ("mkg_drain_rate_1m", "Records Kafka acknowledged per second, last minute.", r.drain_1m),
+        ("mkg_drain_rate_5m", "Records Kafka acknowledged per second, last 5 minutes.", r.drain_5m),
+        (
+            "mkg_backlog_eta_empty_seconds",
+            "Seconds until the backlog is empty at the last minute's net drain (absent while it does not shrink).",
+            r.eta_empty_seconds,
+        ),
+        (
+            "mkg_wal_disk_headroom_bytes",
+            "Free bytes on the WAL's filesystem above wal.min_free_space (ingest pauses at 0).",
+            r.disk_headroom_bytes.map(|b| b as f64),
+        ),
+        (
+            "mkg_wal_disk_pause_eta_seconds",
+            "Seconds until ingest pauses for disk space at the last minute's backlog growth (absent while it does not grow).",
+            r.eta_ingest_pause_seconds,
+        ),
+    ];
+    for (name, help, value) in rates {
+        if let Some(v) = value {
+            family(&mut out, name, help, "gauge", "", &float(*v));
+        }
+    }
     family(
         &mut out,
         "mkg_dead_letters_purged_total",

@@ -8,7 +8,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
 use crate::{
-    Backlog, DeadLetterAction, DeadLetters, Denied, RecordsQuery, Selection, Snapshot, Source,
+    Backlog, DeadLetterAction, DeadLetters, Denied, Rates, RecordsQuery, Selection, Snapshot,
+    Source,
 };
 
 /// Largest request body the admin API accepts; larger requests get 413 without being read.
@@ -32,6 +33,7 @@ enum Route {
     Status,
     Metrics,
     Records,
+    History,
     DeadLetters,
     Replay,
     Purge,
@@ -45,6 +47,7 @@ const ROUTES: &[(&str, Route)] = &[
     ("/status", Route::Status),
     ("/metrics", Route::Metrics),
     ("/records", Route::Records),
+    ("/history", Route::History),
     ("/dead-letters", Route::DeadLetters),
     ("/dead-letters/replay", Route::Replay),
     ("/dead-letters/purge", Route::Purge),
@@ -161,6 +164,7 @@ where
 fn respond(route: Route, query: Option<&str>, source: &dyn Source) -> Response<Full<Bytes>> {
     match route {
         Route::Records => page(query, |q| source.records(q)),
+        Route::History => json(StatusCode::OK, &source.history()),
         Route::DeadLetters => page(query, |q| source.dead_letters(q)),
         // Answered in `handle` (they are asynchronous); never reached.
         Route::Replay | Route::Purge => {
@@ -175,6 +179,7 @@ fn respond(route: Route, query: Option<&str>, source: &dyn Source) -> Response<F
                 &BacklogView {
                     backlog: &snap.backlog,
                     dead_letters: &snap.dead_letters,
+                    rates: &snap.rates,
                 },
             )
         }
@@ -272,6 +277,7 @@ struct BacklogView<'a> {
     #[serde(flatten)]
     backlog: &'a Backlog,
     dead_letters: &'a DeadLetters,
+    rates: &'a Rates,
 }
 
 /// A page of records or dead letters: 400 for a bad query, 503 when the WAL cannot

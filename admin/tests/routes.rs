@@ -189,7 +189,12 @@ async fn backlog_includes_dead_letters() {
             "oldest_age_seconds": 3.25,
             "next_seq": 100,
             "dropped": {"max_bytes": 0, "max_records": 6, "max_age": 0},
-            "dead_letters": {"records": 2, "bytes": 300, "purged": 4, "replayed": 5}
+            "dead_letters": {"records": 2, "bytes": 300, "purged": 4, "replayed": 5},
+            "rates": {
+                "ingest_1m": 120.5, "ingest_5m": null, "drain_1m": 200.0, "drain_5m": null,
+                "eta_empty_seconds": 12.5, "disk_free_bytes": 1000, "disk_headroom_bytes": 900,
+                "backlog_growth_bytes_per_second": -80.0, "eta_ingest_pause_seconds": null
+            }
         })
     );
 }
@@ -487,5 +492,17 @@ async fn records_checks_its_query_and_says_when_it_cannot_read() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     let src = FakeSource::with_token(healthy(), "t");
     let (status, _, _) = call(&src, get("/records")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn history_answers_what_the_source_keeps() {
+    let src = FakeSource::new(healthy());
+    let (status, _, body) = call(&src, get("/history")).await;
+    assert_eq!(status, StatusCode::OK);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["fine"], json!([]));
+    let src = FakeSource::with_token(healthy(), "t");
+    let (status, _, _) = call(&src, get("/history")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }

@@ -20,6 +20,7 @@ pub mod ingest;
 pub mod peek;
 pub mod policy;
 pub mod quickack;
+pub mod rates;
 pub mod reload;
 pub mod route;
 pub mod run;

@@ -194,6 +194,12 @@ pub async fn run_with(
     let admin_addr = admin_api.addr();
     let admin_token = CancellationToken::new();
     let admin_task = tokio::spawn(admin_api.follow(config_rx.clone(), admin_token.clone()));
+    // Rates, forecasts and history for the admin API; stops with it.
+    let rates_task = tokio::spawn(crate::rates::sampler(
+        shared.clone(),
+        wal.clone(),
+        admin_token.clone(),
+    ));
 
     // WAL thread.
     let (wal_tx, wal_rx) = mpsc::channel(16_384);
@@ -340,6 +346,7 @@ pub async fn run_with(
     state::set(&shared.mqtt_last_error, None);
     admin_token.cancel();
     let _ = admin_task.await;
+    let _ = rates_task.await;
     ingest_result?;
     match forward_result {
         Ok(r) => r?,

@@ -206,6 +206,8 @@ pub struct Shared {
     pub kafka_held_topics: Mutex<Vec<HeldTopic>>,
     /// Liveness of the long-running loops.
     pub heartbeats: Heartbeats,
+    /// Ingest and drain rates, forecasts and history (`crate::rates`).
+    pub rates: Mutex<crate::rates::Rates>,
     pub(crate) started: Instant,
 }
 
@@ -232,6 +234,7 @@ impl Default for Shared {
             kafka_in_flight: AtomicU64::new(0),
             kafka_held_topics: Mutex::new(Vec::new()),
             heartbeats: Heartbeats::default(),
+            rates: Mutex::default(),
             started: Instant::now(),
         }
     }

@@ -31,6 +31,14 @@ impl admin::Source for AdminView {
         &self.access
     }
 
+    fn history(&self) -> admin::History {
+        self.shared
+            .rates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .history()
+    }
+
     fn records(&self, query: &admin::RecordsQuery) -> Result<admin::RecordsPage, String> {
         // The configured router's cache stays empty: the forwarder routes with its own.
         let mut router = self.config.borrow().router.clone();
@@ -176,6 +184,14 @@ impl admin::Source for AdminView {
                     max_records: w.dropped.max_records,
                     max_age: w.dropped.max_age,
                 },
+            },
+            rates: {
+                let free = self.wal.path().parent().and_then(crate::writer::fs_free);
+                let min_free = self.config.borrow().config.wal.min_free_space.0;
+                s.rates
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .view(w.records, free, min_free)
             },
             dead_letters: admin::DeadLetters {
                 records: w.dead_letters,

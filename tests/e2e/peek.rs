@@ -92,5 +92,24 @@ pub fn records_pages_the_backlog_with_previews() -> Result<(), Failed> {
     if gw.json("/backlog")["records"] != 31 {
         return Err(fail("the backlog changed"));
     }
+    // Rates, forecasts and history are there (Kafka is unreachable: no drain, so no
+    // time to empty).
+    let rates = &gw.json("/backlog")["rates"];
+    let free = rates["disk_free_bytes"]
+        .as_u64()
+        .ok_or("no disk_free_bytes")?;
+    let headroom = rates["disk_headroom_bytes"].as_u64().ok_or("no headroom")?;
+    if headroom > free || !rates["eta_empty_seconds"].is_null() {
+        return Err(fail(format!("rates: {rates}")));
+    }
+    wait_until("a point in /history", Duration::from_secs(10), || {
+        gw.json("/history")["fine"]
+            .as_array()
+            .is_some_and(|p| p.last().is_some_and(|p| p["backlog_records"] == 31))
+    });
+    let (_, metrics) = http_get(gw.admin, "/metrics")?;
+    if !metrics.contains("mkg_wal_disk_headroom_bytes ") {
+        return Err(fail(format!("no headroom metric:\n{metrics}")));
+    }
     Ok(())
 }

@@ -103,6 +103,15 @@ pub fn healthy() -> Snapshot {
             purged: 4,
             replayed: 5,
         },
+        rates: admin::Rates {
+            ingest_1m: Some(120.5),
+            drain_1m: Some(200.0),
+            eta_empty_seconds: Some(12.5),
+            disk_free_bytes: Some(1000),
+            disk_headroom_bytes: Some(900),
+            backlog_growth_bytes_per_second: Some(-80.0),
+            ..admin::Rates::default()
+        },
         counters: Counters {
             mqtt_messages_received: 101,
             mqtt_messages_acked: 102,

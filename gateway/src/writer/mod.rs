@@ -39,6 +39,7 @@ use wal::{RecordRef, Wal, WriteBatch};
 use crate::policy::Limits;
 use crate::state::Shared;
 pub use inbox::Inbox;
+pub(crate) use space::fs_free;
 use thread::WalThread;
 
 /// A message received from MQTT, on its way into the WAL.
