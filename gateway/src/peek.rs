@@ -81,14 +81,7 @@ pub fn dead_letters(
         if page.dead_letters.len() >= q.limit {
             break;
         }
-        let rec = RecordRef {
-            topic: &r.topic,
-            payload: &r.payload,
-            qos: r.qos,
-            retain: r.retain,
-            dup: r.dup,
-            receive_time_ms: r.receive_time_ms,
-        };
+        let rec = r.as_record_ref();
         page.dead_letters.push(DeadLetterView {
             record: view(r.seq, &rec, router, now_ms),
             reason: dl.reason.clone(),

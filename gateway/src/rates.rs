@@ -83,16 +83,20 @@ impl Rates {
     /// Per second over (up to) `window`, from the oldest sample in it to the newest;
     /// `None` before two samples a second apart.
     fn rate(&self, field: impl Fn(&Sample) -> u64, window: Duration) -> Option<f64> {
+        let (first, last, secs) = self.window(window)?;
+        Some(field(last).saturating_sub(field(first)) as f64 / secs)
+    }
+
+    /// The oldest and newest samples within `window`, and the seconds between them
+    /// (at least one).
+    fn window(&self, window: Duration) -> Option<(&Sample, &Sample, f64)> {
         let last = self.recent.back()?;
         let first = self
             .recent
             .iter()
             .find(|s| last.at.duration_since(s.at) <= window)?;
         let secs = last.at.duration_since(first.at).as_secs_f64();
-        if secs < 1.0 {
-            return None;
-        }
-        Some(field(last).saturating_sub(field(first)) as f64 / secs)
+        (secs >= 1.0).then_some((first, last, secs))
     }
 
     /// The rates and forecasts, given the backlog and the free space under the WAL now.
@@ -127,13 +131,8 @@ impl Rates {
     }
 
     fn growth(&self, window: Duration) -> Option<f64> {
-        let last = self.recent.back()?;
-        let first = self
-            .recent
-            .iter()
-            .find(|s| last.at.duration_since(s.at) <= window)?;
-        let secs = last.at.duration_since(first.at).as_secs_f64();
-        (secs >= 1.0).then(|| (last.backlog_bytes as f64 - first.backlog_bytes as f64) / secs)
+        let (first, last, secs) = self.window(window)?;
+        Some((last.backlog_bytes as f64 - first.backlog_bytes as f64) / secs)
     }
 
     /// The history for `/history`.

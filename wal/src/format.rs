@@ -128,6 +128,20 @@ pub struct Record {
 }
 
 impl Record {
+    /// A borrowed view of it (what a commit appends).
+    pub fn as_record_ref(&self) -> RecordRef<'_> {
+        RecordRef {
+            topic: &self.topic,
+            payload: &self.payload,
+            qos: self.qos,
+            retain: self.retain,
+            dup: self.dup,
+            receive_time_ms: self.receive_time_ms,
+        }
+    }
+}
+
+impl Record {
     /// Borrow as a [`RecordRef`].
     pub fn as_ref(&self) -> RecordRef<'_> {
         RecordRef {

@@ -435,15 +435,7 @@ impl Wal {
             found
         };
         for dl in &replayed {
-            let r = &dl.record;
-            let record = RecordRef {
-                topic: &r.topic,
-                payload: &r.payload,
-                qos: r.qos,
-                retain: r.retain,
-                dup: r.dup,
-                receive_time_ms: r.receive_time_ms,
-            };
+            let record = dl.record.as_record_ref();
             frame.append_with(|buf| format::encode_record_into(buf, &record))?;
         }
         for (up_to, reason) in &batch.drops {
