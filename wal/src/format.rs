@@ -12,6 +12,10 @@
 //! 13      N     MQTT topic bytes
 //! 13+N    ..    payload bytes (opaque, not assumed UTF-8)
 //! ```
+//! Backlog per MQTT topic (`topic_backlog_v1`): key = the MQTT topic's bytes as in the
+//! record (empty for a record too short to hold one), value = (records, encoded bytes)
+//! of that topic's records in `records_v1`; a topic without records has no row.
+//!
 //! QoS 2 exchange (`mqtt_qos2_v1`): key = MQTT packet id (u16), value = sequence of
 //! the record (u64).
 //!
@@ -37,10 +41,13 @@ use crate::WalStats;
 /// 3: the MQTT session state (`mqtt_qos2_v1`, `mqtt_session_id`; see `session`), whose
 /// changes journal frames carry; an older build would take those frames for a torn
 /// tail and drop acknowledged records.
-/// Version 1 and 2 files are upgraded in place on open (nothing to convert).
-pub const FORMAT_VERSION: u64 = 3;
+/// 4: the backlog per MQTT topic (`topic_backlog_v1`), kept in the same transactions as
+/// the records; an older build would leave it behind the records.
+/// Older files are upgraded in place on open: a version 3 or older file gets its
+/// `topic_backlog_v1` built by one pass over the records.
+pub const FORMAT_VERSION: u64 = 4;
 /// Older versions this build opens (and upgrades).
-pub(crate) const UPGRADABLE_FROM: &[u64] = &[1, 2];
+pub(crate) const UPGRADABLE_FROM: &[u64] = &[1, 2, 3];
 /// Version byte at the start of each record value.
 pub const RECORD_VERSION: u8 = 1;
 /// Version byte at the start of each dead-letter value.
@@ -54,6 +61,9 @@ pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta_v
 /// Incoming QoS 2 exchanges stored and not released: packet id -> sequence of the
 /// record (see `session`).
 pub(crate) const MQTT_QOS2: TableDefinition<u16, u64> = TableDefinition::new("mqtt_qos2_v1");
+/// Records and encoded bytes in `records_v1` per MQTT topic.
+pub(crate) const TOPIC_BACKLOG: TableDefinition<&[u8], (u64, u64)> =
+    TableDefinition::new("topic_backlog_v1");
 
 pub(crate) const META_FORMAT_VERSION: &str = "format_version";
 const META_NEXT_SEQ: &str = "next_seq";
@@ -141,20 +151,6 @@ impl Record {
     }
 }
 
-impl Record {
-    /// Borrow as a [`RecordRef`].
-    pub fn as_ref(&self) -> RecordRef<'_> {
-        RecordRef {
-            topic: &self.topic,
-            payload: &self.payload,
-            qos: self.qos,
-            retain: self.retain,
-            dup: self.dup,
-            receive_time_ms: self.receive_time_ms,
-        }
-    }
-}
-
 /// A record Kafka refused for good, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
@@ -231,6 +227,17 @@ pub fn decode_record(raw: &[u8]) -> Result<RecordRef<'_>, String> {
         dup: flags & FLAG_DUP != 0,
         receive_time_ms,
     })
+}
+
+/// The MQTT topic's bytes of an encoded record, without checking them (the key of
+/// `topic_backlog_v1`); empty when the value is too short to hold a topic, so that
+/// counting never fails and adding and removing a record always name the same key.
+pub(crate) fn peek_topic(raw: &[u8]) -> &[u8] {
+    let Some(len) = raw.get(11..13) else {
+        return &[];
+    };
+    let len = u16::from_le_bytes([len[0], len[1]]) as usize;
+    raw.get(HEADER_LEN..HEADER_LEN + len).unwrap_or(&[])
 }
 
 pub(crate) fn peek_receive_time(raw: &[u8]) -> Option<u64> {

@@ -3,13 +3,15 @@
 //! # What it stores
 //! Two files in the WAL directory: the commit journal `journal.log` (see [`journal`]:
 //! each commit is appended there and `fdatasync`ed, and redb gets it without fsync),
-//! and one redb file, `wal.redb`, with three tables:
+//! and one redb file, `wal.redb`, with these tables:
 //!
 //! * `records_v1: u64 -> bytes` — the log. The key is the record's *sequence number*.
 //! * `dead_letter_v1: u64 -> bytes` — records Kafka refused for good, keyed by their
 //!   original sequence, each with the reason.
 //! * `meta_v1: str -> u64` — counters that make [`Wal::stats`] O(1) and the next
 //!   sequence number (see [`format`] for every key).
+//! * `topic_backlog_v1: bytes -> (u64, u64)` — records and bytes waiting per MQTT
+//!   topic (see [`Wal::topic_backlog`]).
 //! * `mqtt_qos2_v1: u16 -> u64` — the MQTT session state kept with the records: the
 //!   incoming QoS 2 exchanges stored and not yet released by the broker (see
 //!   [`session`]).
@@ -65,12 +67,14 @@ mod faults;
 mod read;
 mod recover;
 mod storage;
+mod topics;
 
 pub use batch::{CommitOutcome, DropReason, Dropped, WriteBatch};
 pub use error::{CommitError, Error, OpenError, ReadError, StorageError};
 pub use format::{DeadLetter, Record, RecordRef};
 pub use session::MqttSession;
 pub use storage::Storage;
+pub use topics::TopicBacklog;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,7 +82,7 @@ use std::sync::{Mutex, RwLock};
 
 use redb::{Database, ReadableDatabase};
 
-use format::{DEAD_LETTER, META, MQTT_QOS2, RECORDS};
+use format::{DEAD_LETTER, META, MQTT_QOS2, RECORDS, TOPIC_BACKLOG};
 use journal::{FrameBuilder, Tail};
 use recover::{apply_frame, recover, refresh_ends, Tables};
 use session::ApplyError;
@@ -481,6 +485,7 @@ impl Wal {
                 dead: txn.open_table(DEAD_LETTER)?,
                 meta: txn.open_table(META)?,
                 qos2: txn.open_table(MQTT_QOS2)?,
+                topics: txn.open_table(TOPIC_BACKLOG)?,
             };
             let outcome = apply_frame(&ops, &mut tables, &mut stats, buf).map_err(|e| match e {
                 ApplyError::Storage(e) => CommitError::from(e),

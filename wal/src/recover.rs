@@ -6,10 +6,11 @@ use std::path::Path;
 
 use redb::{Database, ReadableTable, TableDefinition};
 
-use crate::format::{self, DEAD_LETTER, META, MQTT_QOS2, RECORDS};
+use crate::format::{self, DEAD_LETTER, META, MQTT_QOS2, RECORDS, TOPIC_BACKLOG};
 use crate::journal::{self, Tail};
 use crate::session::{self, ApplyError};
 use crate::storage::JournalState;
+use crate::topics::{self, Tally};
 use crate::{CommitOutcome, OpenError, Recovery, WalStats};
 
 /// Create the tables on first open, check (and upgrade) the format version, and load
@@ -22,6 +23,9 @@ fn init_and_load(db: &Database, path: &Path) -> Result<(WalStats, u64), OpenErro
     let txn = db.begin_write().map_err(|e| storage(e.into()))?;
     let stats = {
         let records = txn.open_table(RECORDS).map_err(|e| storage(e.into()))?;
+        let mut by_topic = txn
+            .open_table(TOPIC_BACKLOG)
+            .map_err(|e| storage(e.into()))?;
         txn.open_table(DEAD_LETTER).map_err(|e| storage(e.into()))?;
         txn.open_table(MQTT_QOS2).map_err(|e| storage(e.into()))?;
         let mut meta = txn.open_table(META).map_err(|e| storage(e.into()))?;
@@ -36,7 +40,16 @@ fn init_and_load(db: &Database, path: &Path) -> Result<(WalStats, u64), OpenErro
             }
             Some(v) if v == format::FORMAT_VERSION => {}
             Some(v) if format::UPGRADABLE_FROM.contains(&v) => {
-                // Version 1 had no journal: nothing to convert, only the mark.
+                // The journal and the session state need nothing converted; the backlog
+                // per topic is counted once from the records (in this transaction, so a
+                // crash during it leaves the old version to upgrade again).
+                topics::rebuild(&records, &mut by_topic).map_err(|e| match e {
+                    ApplyError::Storage(e) => storage(e.into()),
+                    ApplyError::Mismatch(detail) => OpenError::Corrupted {
+                        path: path.to_path_buf(),
+                        detail,
+                    },
+                })?;
                 meta.insert(format::META_FORMAT_VERSION, format::FORMAT_VERSION)
                     .map_err(|e| storage(e.into()))?;
             }
@@ -131,6 +144,7 @@ pub(crate) fn recover(
                 dead: txn.open_table(DEAD_LETTER).map_err(open)?,
                 meta: txn.open_table(META).map_err(open)?,
                 qos2: txn.open_table(MQTT_QOS2).map_err(open)?,
+                topics: txn.open_table(TOPIC_BACKLOG).map_err(open)?,
             };
             let mut buf = Vec::new();
             for (offset, frame) in todo {
@@ -172,10 +186,11 @@ pub(crate) struct Tables<'txn> {
     pub(crate) dead: redb::Table<'txn, u64, &'static [u8]>,
     pub(crate) meta: redb::Table<'txn, &'static str, u64>,
     pub(crate) qos2: redb::Table<'txn, u16, u64>,
+    pub(crate) topics: redb::Table<'txn, &'static [u8], (u64, u64)>,
 }
 
 /// Apply one frame's changes: dead letters, then the acknowledged prefix, then the
-/// appends, then the session changes. The same code serves a commit and a replay, so
+/// appends, then the session changes, and the backlog per topic they change. The same code serves a commit and a replay, so
 /// both do exactly the same.
 pub(crate) fn apply_frame(
     frame: &journal::Frame<'_>,
@@ -188,14 +203,17 @@ pub(crate) fn apply_frame(
         dead,
         meta,
         qos2,
+        topics,
     } = tables;
     let mut outcome = CommitOutcome::default();
+    let mut tally = Tally::default();
     for &(seq, parked_at_ms, reason) in &frame.dead_letters {
         let Some(value) = records.remove(seq)? else {
             outcome.dead_letter_missing += 1;
             continue;
         };
         let value = value.value().to_vec();
+        tally.removed(&value);
         format::encode_dead_letter(buf, reason, parked_at_ms, &value);
         dead.insert(seq, buf.as_slice())?;
         stats.records -= 1;
@@ -206,11 +224,11 @@ pub(crate) fn apply_frame(
     }
 
     if let Some(ack) = frame.ack_up_to {
-        outcome.acked = delete_up_to(records, stats, ack)?;
+        outcome.acked = delete_up_to(records, stats, &mut tally, ack)?;
     }
     for entry in &frame.tail {
         if let Tail::Drop { up_to, reason } = *entry {
-            let n = delete_up_to(records, stats, up_to)?;
+            let n = delete_up_to(records, stats, &mut tally, up_to)?;
             stats.dropped.add(reason, n);
             outcome.dropped += n;
         }
@@ -226,6 +244,7 @@ pub(crate) fn apply_frame(
         outcome.first_appended = Some(stats.next_seq);
         for value in &frame.appends {
             records.insert(stats.next_seq, *value)?;
+            tally.added(value);
             stats.next_seq += 1;
             stats.records += 1;
             stats.bytes += value.len() as u64;
@@ -253,6 +272,7 @@ pub(crate) fn apply_frame(
             session::apply(std::slice::from_ref(change), qos2, meta, stats.next_seq)?;
         }
     }
+    tally.apply(topics)?;
     Ok(outcome)
 }
 
@@ -260,6 +280,7 @@ pub(crate) fn apply_frame(
 fn delete_up_to(
     records: &mut redb::Table<'_, u64, &'static [u8]>,
     stats: &mut WalStats,
+    tally: &mut Tally,
     up_to: u64,
 ) -> Result<u64, ApplyError> {
     if up_to >= stats.next_seq {
@@ -274,6 +295,7 @@ fn delete_up_to(
         let (_, v) = entry?;
         freed += 1;
         freed_bytes += v.value().len() as u64;
+        tally.removed(v.value());
     }
     if freed > 0 {
         records.retain_in(..=up_to, |_, _| false)?;
