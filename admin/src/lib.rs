@@ -25,6 +25,7 @@ mod metrics;
 mod records;
 mod routes;
 mod server;
+mod topics;
 
 use serde::Serialize;
 
@@ -39,6 +40,10 @@ pub use records::{
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 pub use routes::{handle, MAX_BODY_BYTES};
 pub use server::serve;
+pub use topics::{
+    GroupBy, OldestScan, OtherTopics, TopicRow, TopicsPage, TopicsQuery, DEFAULT_TOPICS_LIMIT,
+    MAX_TOPICS_LIMIT,
+};
 
 /// What the gateway exposes to the admin server; implemented by the gateway.
 pub trait Source: Send + Sync + 'static {
@@ -61,6 +66,13 @@ pub trait Source: Send + Sync + 'static {
     fn records(&self, query: &RecordsQuery) -> Result<RecordsPage, String> {
         let _ = query;
         Err("this gateway does not show records".into())
+    }
+
+    /// The backlog per Kafka or MQTT topic (`GET /backlog/topics`); `Err` says why it
+    /// cannot be read now. Reading must not hold up the WAL's writer.
+    fn backlog_topics(&self, query: &TopicsQuery) -> Result<TopicsPage, String> {
+        let _ = query;
+        Err("this gateway does not count the backlog per topic".into())
     }
 
     /// A page of the dead-letter table (`GET /dead-letters`), same query as
@@ -264,7 +276,7 @@ pub struct Rates {
     pub drain_1m: Option<f64>,
     /// The same over 5 minutes.
     pub drain_5m: Option<f64>,
-    /// Seconds until the backlog is empty at the last minute's net drain (`None`: not
+    /// Seconds until the backlog is empty at the net drain of the last 15 s (`None`: not
     /// draining faster than it grows).
     pub eta_empty_seconds: Option<f64>,
     /// Free bytes on the WAL's filesystem.

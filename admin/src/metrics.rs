@@ -144,7 +144,7 @@ pub(crate) fn render(s: &Snapshot) -> String {
         ("mkg_drain_rate_5m", "Records Kafka acknowledged per second, last 5 minutes.", r.drain_5m),
         (
             "mkg_backlog_eta_empty_seconds",
-            "Seconds until the backlog is empty at the last minute's net drain (absent while it does not shrink).",
+            "Seconds until the backlog is empty at the net drain of the last 15 s (absent while it does not shrink).",
             r.eta_empty_seconds,
         ),
         (

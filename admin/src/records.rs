@@ -159,7 +159,7 @@ fn base64(bytes: &[u8]) -> String {
 }
 
 /// `%XX` and `+` decoding of a query value; `None` on a bad escape or non-UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let mut out = Vec::with_capacity(s.len());
     let mut bytes = s.bytes();
     while let Some(b) = bytes.next() {

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::{
     Backlog, DeadLetterAction, DeadLetters, Denied, Rates, RecordsQuery, Selection, Snapshot,
-    Source,
+    Source, TopicsQuery,
 };
 
 /// Largest request body the admin API accepts; larger requests get 413 without being read.
@@ -30,6 +30,7 @@ enum Route {
     Healthz,
     Readyz,
     Backlog,
+    BacklogTopics,
     Status,
     Metrics,
     Records,
@@ -44,6 +45,7 @@ const ROUTES: &[(&str, Route)] = &[
     ("/healthz", Route::Healthz),
     ("/readyz", Route::Readyz),
     ("/backlog", Route::Backlog),
+    ("/backlog/topics", Route::BacklogTopics),
     ("/status", Route::Status),
     ("/metrics", Route::Metrics),
     ("/records", Route::Records),
@@ -165,6 +167,21 @@ fn respond(route: Route, query: Option<&str>, source: &dyn Source) -> Response<F
     match route {
         Route::Records => page(query, |q| source.records(q)),
         Route::History => json(StatusCode::OK, &source.history()),
+        Route::BacklogTopics => match TopicsQuery::parse(query) {
+            Err(e) => json_error(
+                StatusCode::BAD_REQUEST,
+                "bad query",
+                Some(("detail", e.into())),
+            ),
+            Ok(q) => match source.backlog_topics(&q) {
+                Ok(page) => json(StatusCode::OK, &page),
+                Err(e) => json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cannot read the WAL",
+                    Some(("detail", e.into())),
+                ),
+            },
+        },
         Route::DeadLetters => page(query, |q| source.dead_letters(q)),
         // Answered in `handle` (they are asynchronous); never reached.
         Route::Replay | Route::Purge => {

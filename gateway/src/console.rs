@@ -247,7 +247,73 @@ pub fn backlog(v: &Value) -> String {
         n(&dropped["max_bytes"]),
         n(&dropped["max_records"]),
         n(&dropped["max_age"]),
+    ) + &rates(&v["rates"])
+}
+
+/// The rates and forecasts, when the answer has them.
+fn rates(r: &Value) -> String {
+    if r.is_null() {
+        return String::new();
+    }
+    let rate = |x: &Value| x.as_f64().map_or("-".into(), |x| format!("{x:.1}/s"));
+    let bytes = |x: &Value| x.as_u64().map_or("-".into(), |x| x.to_string());
+    format!(
+        "ingest {} (1m) {} (5m), drain {} (1m) {} (5m); empty in {}\n         disk headroom {} bytes; ingest pauses for disk space in {}\n",
+        rate(&r["ingest_1m"]),
+        rate(&r["ingest_5m"]),
+        rate(&r["drain_1m"]),
+        rate(&r["drain_5m"]),
+        secs(&r["eta_empty_seconds"]),
+        bytes(&r["disk_headroom_bytes"]),
+        secs(&r["eta_ingest_pause_seconds"]),
     )
+}
+
+/// `backlog --topics`: one line per topic, the largest first.
+pub fn topics(v: &Value) -> String {
+    let by = if v["by"] == "mqtt" { "MQTT" } else { "KAFKA" };
+    let mut o = format!(
+        "{:<40}  {:>10}  {:>12}  {:>14}\n",
+        format!("{by} TOPIC"),
+        "RECORDS",
+        "BYTES",
+        "OLDEST AGE"
+    );
+    for r in v["topics"].as_array().into_iter().flatten() {
+        let name = match r["route_error"].as_str() {
+            Some(e) => format!("(no route: {e})"),
+            None => s(&r["topic"]),
+        };
+        let age = if r["oldest_age_seconds"].is_null() {
+            "newer".to_string()
+        } else {
+            secs(&r["oldest_age_seconds"])
+        };
+        let _ = writeln!(
+            o,
+            "{name:<40}  {:>10}  {:>12}  {age:>14}",
+            n(&r["records"]),
+            n(&r["bytes"])
+        );
+    }
+    let other = &v["other"];
+    if !other.is_null() {
+        let _ = writeln!(
+            o,
+            "{:<40}  {:>10}  {:>12}",
+            format!("({} other topics)", n(&other["topics"])),
+            n(&other["records"]),
+            n(&other["bytes"])
+        );
+    }
+    if v["oldest_scan"]["complete"] == false {
+        let _ = writeln!(
+            o,
+            "\"newer\": no record among the oldest {} read (the oldest is younger than those)",
+            n(&v["oldest_scan"]["records"])
+        );
+    }
+    o
 }
 
 /// `records`: one line per record.
@@ -429,5 +495,29 @@ mod tests {
         assert_eq!(cut("abcdef", 4), "abc…");
         let r = json!({"preview": "{\"t\": 1}\nnext", "preview_encoding": "utf8"});
         assert_eq!(preview(&r), "{\"t\": 1}\\nnext");
+    }
+
+    #[test]
+    fn topics_and_rates_read_as_a_table() {
+        let page = json!({"by": "kafka", "limit": 2, "total_topics": 4, "topics": [
+            {"topic": "telemetry", "records": 900, "bytes": 90000, "oldest_age_seconds": 125.0},
+            {"topic": "", "route_error": "no route for x", "records": 5, "bytes": 50,
+             "oldest_age_seconds": null}],
+            "other": {"topics": 2, "records": 3, "bytes": 30},
+            "oldest_scan": {"records": 100000, "complete": false}});
+        let t = topics(&page);
+        assert!(t.contains("KAFKA TOPIC") && t.contains("telemetry"), "{t}");
+        assert!(
+            t.contains("2m 5s") && t.contains("(no route: no route for x)"),
+            "{t}"
+        );
+        assert!(t.contains("(2 other topics)") && t.contains("newer"), "{t}");
+        let b = backlog(&json!({"backlog": {"records": 3}, "dead_letters": {},
+            "rates": {"ingest_1m": 10.0, "drain_1m": 50.5, "eta_empty_seconds": 61.0}}));
+        assert!(
+            b.contains("ingest 10.0/s (1m)") && b.contains("drain 50.5/s"),
+            "{b}"
+        );
+        assert!(b.contains("empty in 1m 1s"), "{b}");
     }
 }

@@ -157,3 +157,77 @@ pub fn select_dead_letters(wal: &Wal, sel: &admin::Selection) -> Result<Vec<u64>
     }
     Ok(seqs)
 }
+
+/// Records `/backlog/topics` reads from the oldest on, at most, to find each row's
+/// oldest record (a few milliseconds; rows not found by then have none older than the
+/// last record read, which the answer says).
+pub const OLDEST_SCAN: usize = 100_000;
+
+/// The backlog per Kafka topic (routed by `router` as the forwarder would now) or per
+/// MQTT topic: the WAL's per-topic counts, grouped, the `limit` largest, and their
+/// oldest records found by reading forward from the oldest record.
+pub fn backlog_topics(
+    wal: &Wal,
+    router: &mut Router,
+    by: admin::GroupBy,
+    limit: usize,
+    now_ms: u64,
+) -> Result<admin::TopicsPage, String> {
+    use std::collections::HashMap;
+
+    let mut key = |mqtt_topic: &str| -> (String, Option<String>) {
+        match by {
+            admin::GroupBy::Mqtt => (mqtt_topic.to_string(), None),
+            admin::GroupBy::Kafka => match router.route(mqtt_topic) {
+                Ok(t) => (t.to_string(), None),
+                Err(e) => (String::new(), Some(e)),
+            },
+        }
+    };
+    let mut rows: HashMap<String, admin::TopicRow> = HashMap::new();
+    for t in wal.topic_backlog().map_err(|e| e.to_string())? {
+        let (topic, route_error) = key(&t.topic);
+        let row = rows
+            .entry(topic.clone())
+            .or_insert_with(|| admin::TopicRow {
+                topic,
+                route_error,
+                ..admin::TopicRow::default()
+            });
+        row.records += t.records;
+        row.bytes += t.bytes;
+    }
+    let mut page = admin::TopicsPage::top(by, limit, rows.into_values().collect());
+    let mut missing: HashMap<String, usize> = page
+        .topics
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.topic.clone(), i))
+        .collect();
+    let mut last_time = None;
+    let scanned = if missing.is_empty() {
+        0
+    } else {
+        wal.for_each_from(1, OLDEST_SCAN, usize::MAX, |_, rec| {
+            last_time = Some(rec.receive_time_ms);
+            if let Some(i) = missing.remove(&key(rec.topic).0) {
+                let row = &mut page.topics[i];
+                row.oldest_receive_time_ms = Some(rec.receive_time_ms);
+                row.oldest_age_seconds =
+                    Some(now_ms.saturating_sub(rec.receive_time_ms) as f64 / 1000.0);
+            }
+            if missing.is_empty() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .map_err(|e| e.to_string())?
+    };
+    page.oldest_scan = admin::OldestScan {
+        records: scanned as u64,
+        complete: missing.is_empty(),
+        last_receive_time_ms: last_time,
+    };
+    Ok(page)
+}

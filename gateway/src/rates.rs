@@ -13,6 +13,10 @@ const FINE_EVERY: Duration = Duration::from_secs(5);
 const FINE_POINTS: usize = 720;
 const COARSE_EVERY: Duration = Duration::from_secs(60);
 const COARSE_POINTS: usize = 1440;
+/// The net drain the time-to-empty is computed from: short, so that a burst taken in
+/// during an outage does not hide the drain after it for a whole minute, and long
+/// enough to smooth the producer's batches.
+const ETA_WINDOW: Duration = Duration::from_secs(15);
 
 /// One sample of the counters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -105,7 +109,10 @@ impl Rates {
         let m5 = Duration::from_secs(300);
         let ingest_1m = self.rate(|s| s.committed, m1);
         let drain_1m = self.rate(|s| s.forwarded, m1);
-        let eta_empty_seconds = match (ingest_1m, drain_1m) {
+        let eta_empty_seconds = match (
+            self.rate(|s| s.committed, ETA_WINDOW),
+            self.rate(|s| s.forwarded, ETA_WINDOW),
+        ) {
             _ if backlog == 0 => Some(0.0),
             (Some(i), Some(d)) if d > i => Some(backlog as f64 / (d - i)),
             _ => None,
@@ -224,7 +231,8 @@ mod tests {
         let v = r.view(c - f, None, 0);
         let (i, d) = (v.ingest_1m.unwrap(), v.drain_1m.unwrap());
         assert!(d > i, "draining: {d} > {i}");
-        assert_eq!(v.eta_empty_seconds, Some((c - f) as f64 / (d - i)));
+        // The time to empty follows the last 15 s: 300/s out, 100/s in.
+        assert_eq!(v.eta_empty_seconds, Some((c - f) as f64 / 200.0));
         assert_eq!(v.eta_ingest_pause_seconds, None);
         // The history: a point every 5 s (and the first), every minute coarse.
         let h = r.history();

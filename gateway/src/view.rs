@@ -45,6 +45,20 @@ impl admin::Source for AdminView {
         crate::peek::records(&self.wal, &mut router, query, unix_ms())
     }
 
+    fn backlog_topics(&self, query: &admin::TopicsQuery) -> Result<admin::TopicsPage, String> {
+        let (mut router, limit) = {
+            let c = self.config.borrow();
+            (c.router.clone(), c.config.admin.topics_limit)
+        };
+        crate::peek::backlog_topics(
+            &self.wal,
+            &mut router,
+            query.by,
+            query.limit.unwrap_or(limit),
+            unix_ms(),
+        )
+    }
+
     fn dead_letter_action(
         &self,
         action: admin::DeadLetterAction,

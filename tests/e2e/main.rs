@@ -11,6 +11,7 @@ use harness::{payload, Kafka};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 mod admin_auth;
+mod backlog_topics;
 mod bad_input;
 mod basic;
 mod broker_state;
@@ -73,6 +74,7 @@ fn main() {
         basic::admin_backlog_and_metrics,
         admin_auth::admin_token_guards_the_api_and_rotates_on_sighup,
         peek::records_pages_the_backlog_with_previews,
+        backlog_topics::backlog_per_topic_and_time_to_empty_through_an_outage,
         dead_letters::dead_letters_listed_replayed_and_purged,
         faults::kafka_down_at_start_backlog_then_drains,
         faults::sigkill_mid_stream_loses_nothing,

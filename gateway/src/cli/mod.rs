@@ -59,6 +59,16 @@ enum Command {
     Backlog {
         #[command(flatten)]
         target: TargetArgs,
+        /// The backlog per topic instead: records, bytes and oldest age of the largest
+        /// topics (`admin.topics_limit` of them unless --limit), the rest summed.
+        #[arg(long)]
+        topics: bool,
+        /// With --topics: per Kafka topic (as routed now) or per MQTT topic.
+        #[arg(long, value_enum, default_value = "kafka", requires = "topics")]
+        by: TopicsBy,
+        /// With --topics: rows at most (1-1000).
+        #[arg(long, requires = "topics")]
+        limit: Option<usize>,
     },
     /// A page of the running gateway's backlog, oldest first.
     Records {
@@ -72,6 +82,15 @@ enum Command {
         #[command(subcommand)]
         command: DeadLetterCommand,
     },
+}
+
+/// What `backlog --topics` groups by.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum TopicsBy {
+    /// The Kafka topic each record is routed to now.
+    Kafka,
+    /// The MQTT topic it was published on.
+    Mqtt,
 }
 
 #[derive(Debug, Subcommand)]
@@ -141,11 +160,30 @@ pub fn main() -> ExitCode {
         },
         Command::Wal { command } => crate::waltool::main(command_args(command)),
         Command::Status { target } => console(target, "/status", crate::console::status),
-        Command::Backlog { target } => console(target, "/backlog", |v| {
-            // /backlog is the backlog itself, with the dead letters inside.
-            crate::console::backlog(
-                &serde_json::json!({ "backlog": v, "dead_letters": v["dead_letters"] }),
+        Command::Backlog {
+            target,
+            topics: true,
+            by,
+            limit,
+        } => {
+            let by = match by {
+                TopicsBy::Kafka => "kafka",
+                TopicsBy::Mqtt => "mqtt",
+            };
+            let limit = limit.map(|n| format!("&limit={n}")).unwrap_or_default();
+            console(
+                target,
+                &format!("/backlog/topics?by={by}{limit}"),
+                crate::console::topics,
             )
+        }
+        Command::Backlog { target, .. } => console(target, "/backlog", |v| {
+            // /backlog is the backlog itself, with the dead letters and rates inside.
+            crate::console::backlog(&serde_json::json!({
+                "backlog": v,
+                "dead_letters": v["dead_letters"],
+                "rates": v["rates"],
+            }))
         }),
         Command::Records { target, page } => console(
             target,

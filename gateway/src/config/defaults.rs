@@ -98,6 +98,9 @@ pub(super) fn default_true() -> bool {
 pub(super) fn default_admin_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9080))
 }
+pub(super) fn default_topics_limit() -> usize {
+    admin::DEFAULT_TOPICS_LIMIT
+}
 pub(super) fn default_grace() -> Duration {
     Duration::from_secs(10)
 }

@@ -331,6 +331,10 @@ pub struct AdminConfig {
     /// Never logged.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// Rows of the backlog per topic (`/backlog/topics`, `backlog --topics`) before the
+    /// rest is summed in one "other" row (1 to 1000).
+    #[serde(default = "default_topics_limit")]
+    pub topics_limit: usize,
 }
 
 /// Shutdown.

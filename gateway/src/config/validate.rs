@@ -279,6 +279,12 @@ impl Config {
             return Err(err("shutdown.grace_period", "must be at most 1h".into()));
         }
         let admin_token = self.admin_token().map_err(|(k, r)| err(k, r))?;
+        if !(1..=admin::MAX_TOPICS_LIMIT).contains(&self.admin.topics_limit) {
+            return Err(err(
+                "admin.topics_limit",
+                format!("must be 1 to {}", admin::MAX_TOPICS_LIMIT),
+            ));
+        }
         let servers_ok = servers;
         Ok(Loaded {
             config: self,
