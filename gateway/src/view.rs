@@ -8,6 +8,9 @@ use wal::Wal;
 
 use crate::state::{get, unix_ms, Shared};
 
+/// How long an operator's replay or purge waits for the WAL thread to take it.
+const OPERATOR_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// The admin API's data source.
 #[derive(Debug)]
 pub struct AdminView {
@@ -83,20 +86,40 @@ impl admin::Source for AdminView {
                 });
             }
             let (reply, done) = tokio::sync::oneshot::channel();
+            let claim = crate::writer::operator::Claim::default();
             let op = crate::writer::operator::DeadLetterOp {
                 replay: action == admin::DeadLetterAction::Replay,
                 seqs,
                 selection: describe.clone(),
                 reply,
+                claim: claim.clone(),
+            };
+            let busy = || {
+                format!(
+                    "the WAL is busy (its thread did not get to the request within {} s; a failing disk shows in /status wal.last_error); nothing was changed, try again",
+                    OPERATOR_WAIT.as_secs()
+                )
             };
             let tx = self.wal_tx.upgrade().ok_or("the WAL thread has stopped")?;
-            tx.send(crate::writer::WalCmd::Operator(op))
-                .await
-                .map_err(|_| "the WAL thread has stopped".to_string())?;
+            let sent = tokio::time::timeout(OPERATOR_WAIT, async {
+                tx.send(crate::writer::WalCmd::Operator(op)).await.is_ok()
+            })
+            .await;
             drop(tx);
-            let done = done
-                .await
-                .map_err(|_| "the WAL thread stopped before it was done".to_string())??;
+            match sent {
+                Ok(true) => {}
+                Ok(false) => return Err("the WAL thread has stopped".to_string()),
+                Err(_) => return Err(busy()),
+            }
+            let mut done = done;
+            let answer = match tokio::time::timeout(OPERATOR_WAIT, &mut done).await {
+                Ok(answer) => answer,
+                // Started already: its one commit answers soon.
+                Err(_) if !claim.give_up() => done.await,
+                Err(_) => return Err(busy()),
+            };
+            let done =
+                answer.map_err(|_| "the WAL thread stopped before it was done".to_string())??;
             Ok(admin::ActionOutcome {
                 action,
                 selection: describe,

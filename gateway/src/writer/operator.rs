@@ -1,6 +1,11 @@
 //! An operator's replay or purge of dead letters (admin API, CLI). The WAL thread
 //! commits each one on its own and durably, after the batch it arrived with, and
-//! answers on the command's reply channel.
+//! answers on the command's reply channel. The admin API waits for that answer only so
+//! long (a WAL thread retrying a failing disk may not get to it); a command it gave
+//! up on is never applied later.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 
 use tokio::sync::oneshot;
 use wal::{Durability, WriteBatch};
@@ -19,6 +24,35 @@ pub struct DeadLetterOp {
     pub selection: String,
     /// Where the outcome goes.
     pub reply: oneshot::Sender<Result<OpDone, String>>,
+    /// Who has the command: the WAL thread takes it ([`Claim::take`]) or the admin API
+    /// gives up on it ([`Claim::give_up`]), never both, so a request that timed out was
+    /// certainly not applied.
+    pub claim: Claim,
+}
+
+/// The handover of one operator's command between the admin API and the WAL thread.
+#[derive(Debug, Clone, Default)]
+pub struct Claim(Arc<AtomicU8>);
+
+const WAITING: u8 = 0;
+const TAKEN: u8 = 1;
+const GIVEN_UP: u8 = 2;
+
+impl Claim {
+    /// The WAL thread starts on the command; false if the requester gave up first.
+    pub fn take(&self) -> bool {
+        self.0
+            .compare_exchange(WAITING, TAKEN, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
+    /// The requester stops waiting; false if the WAL thread has already started (then
+    /// its answer comes soon: one commit).
+    pub fn give_up(&self) -> bool {
+        self.0
+            .compare_exchange(WAITING, GIVEN_UP, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
 }
 
 /// What an operator's command did.
@@ -41,6 +75,13 @@ impl WalThread {
             return false;
         }
         for op in std::mem::take(&mut self.operator) {
+            if !op.claim.take() {
+                tracing::warn!(
+                    selection = %op.selection,
+                    "an operator's dead-letter request was given up by the admin API before the WAL could run it: not applied"
+                );
+                continue;
+            }
             let mut batch = WriteBatch::new();
             for &seq in &op.seqs {
                 if op.replay {

@@ -177,3 +177,51 @@ fn commit_linger_commits_after_lingering() {
     assert_eq!(*r.durable.borrow(), 3);
     assert_eq!(r.wal.stats().records, 3);
 }
+
+/// An operator's purge the admin API gave up on (it timed out waiting) is never
+/// applied; one it did not give up on is, and answered.
+#[test]
+fn an_operator_request_given_up_on_is_not_applied() {
+    use super::operator::{Claim, DeadLetterOp};
+    let r = start(Duration::ZERO, Duration::ZERO);
+    let rec = wal::RecordRef {
+        topic: "t",
+        payload: b"p",
+        qos: 1,
+        retain: false,
+        dup: false,
+        receive_time_ms: 1,
+    };
+    r.wal.append(&[rec, rec]).unwrap();
+    let mut parked = wal::WriteBatch::new();
+    parked.dead_letter(1, "refused").dead_letter(2, "refused");
+    r.wal.commit(&parked, wal::Durability::Immediate).unwrap();
+    let op = |claim: &Claim| {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let op = DeadLetterOp {
+            replay: false,
+            seqs: vec![1, 2],
+            selection: "all".into(),
+            reply,
+            claim: claim.clone(),
+        };
+        (op, answer)
+    };
+    let abandoned = Claim::default();
+    assert!(abandoned.give_up());
+    let (first, first_answer) = op(&abandoned);
+    r.tx.blocking_send(WalCmd::Operator(first)).unwrap();
+    let taken = Claim::default();
+    let (second, second_answer) = op(&taken);
+    r.tx.blocking_send(WalCmd::Operator(second)).unwrap();
+    let done = second_answer.blocking_recv().unwrap().unwrap();
+    assert_eq!(done.done, 2);
+    assert!(
+        first_answer.blocking_recv().is_err(),
+        "a given-up request answered"
+    );
+    assert!(!taken.give_up(), "taken, then given up");
+    assert_eq!(r.wal.stats().dead_letters_purged, 2);
+    drop(r.tx);
+    r.thread.join().expect("WAL thread panicked");
+}
