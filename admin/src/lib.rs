@@ -341,4 +341,7 @@ pub struct DeadLetters {
     pub purged: u64,
     /// Dead letters an operator replayed, over the WAL's life.
     pub replayed: u64,
+    /// Dead letters dropped, the oldest first, for `dead_letters.max_bytes`, over the
+    /// WAL's life.
+    pub dropped: u64,
 }

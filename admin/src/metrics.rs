@@ -179,6 +179,14 @@ pub(crate) fn render(s: &Snapshot) -> String {
         "",
         &s.dead_letters.replayed.to_string(),
     );
+    family(
+        &mut out,
+        "mkg_dead_letters_dropped_total",
+        "Dead letters dropped, the oldest first, to stay under dead_letters.max_bytes, over the WAL's life.",
+        "counter",
+        "",
+        &s.dead_letters.dropped.to_string(),
+    );
 
     histogram(
         &mut out,
@@ -323,7 +331,7 @@ mod tests {
             );
             assert!(name.starts_with("mkg_"), "{name} lacks the mkg_ prefix");
         }
-        assert_eq!(samples, 42);
+        assert_eq!(samples, 43);
         assert!(text.ends_with('\n'));
     }
 }

@@ -189,7 +189,7 @@ async fn backlog_includes_dead_letters() {
             "oldest_age_seconds": 3.25,
             "next_seq": 100,
             "dropped": {"max_bytes": 0, "max_records": 6, "max_age": 0},
-            "dead_letters": {"records": 2, "bytes": 300, "purged": 4, "replayed": 5},
+            "dead_letters": {"records": 2, "bytes": 300, "purged": 4, "replayed": 5, "dropped": 6},
             "rates": {
                 "ingest_1m": 120.5, "ingest_5m": null, "drain_1m": 200.0, "drain_5m": null,
                 "eta_empty_seconds": 12.5, "disk_free_bytes": 1000, "disk_headroom_bytes": 900,

@@ -57,6 +57,8 @@ pub struct Limits {
     pub max_age: Option<Duration>,
     /// Past it.
     pub on_expired: OnExpired,
+    /// Most encoded bytes in the dead-letter table; past it the oldest are dropped.
+    pub dead_letters_max_bytes: Option<u64>,
 }
 
 /// Most records one drop or expiry pass looks at.
@@ -194,6 +196,30 @@ impl Limits {
     }
 }
 
+impl Limits {
+    /// The oldest dead letters to drop so that the table is back under
+    /// `dead_letters.max_bytes` (at most [`SCAN_LIMIT`] per call), by sequence.
+    pub fn dead_letters_over_cap(&self, wal: &Wal) -> Option<Vec<u64>> {
+        let cap = self.dead_letters_max_bytes?;
+        let mut excess = wal.stats().dead_letter_bytes.checked_sub(cap)?;
+        let mut seqs = Vec::new();
+        let mut from = 0;
+        while excess > 0 && seqs.len() < SCAN_LIMIT {
+            let page = wal.dead_letters(from, 1000).ok()?;
+            let Some(last) = page.last() else { break };
+            from = last.record.seq + 1;
+            for dl in &page {
+                if excess == 0 {
+                    break;
+                }
+                seqs.push(dl.record.seq);
+                excess = excess.saturating_sub(dl.encoded_len);
+            }
+        }
+        (!seqs.is_empty()).then_some(seqs)
+    }
+}
+
 /// Logs drops with their sequence ranges, at most one line per reason every
 /// [`DropLog::EVERY`].
 #[derive(Debug, Default)]
@@ -209,6 +235,13 @@ impl DropLog {
 
     /// Key of records moved to the dead-letter table for their age.
     const EXPIRED: u16 = 0;
+    /// Key of dead letters dropped for `dead_letters.max_bytes`.
+    const DEAD_OVER_CAP: u16 = 100;
+
+    /// `n` dead letters `from..=to` were dropped to stay under `dead_letters.max_bytes`.
+    pub fn dead_letters_dropped(&mut self, from: u64, to: u64, n: u64, limits: &Limits) {
+        self.note(Self::DEAD_OVER_CAP, from, to, n, limits);
+    }
 
     /// `d` was committed.
     pub fn dropped(&mut self, d: &Drop, limits: &Limits) {
@@ -248,6 +281,15 @@ impl DropLog {
                     seqs = %format!("{from}..={to}"),
                     "moved records older than wal.max_age ({}) to the dead-letter table (wal.on_expired = dead_letter); they are not forwarded",
                     humantime::format_duration(limits.max_age.unwrap_or_default())
+                );
+                continue;
+            }
+            if r == Self::DEAD_OVER_CAP {
+                tracing::warn!(
+                    dead_letters = n,
+                    seqs = %format!("{from}..={to}"),
+                    "dropped the oldest dead letters for good: dead_letters.max_bytes ({}) reached (counted in /backlog dead_letters.dropped)",
+                    limits.dead_letters_max_bytes.unwrap_or(0)
                 );
                 continue;
             }

@@ -9,7 +9,7 @@
 //! Applied live: `log`, `mqtt.topics` (a resubscribe), `mqtt.broker_stats`,
 //! `mqtt.session_lost_alert`, `kafka.topic`, `kafka.routes`, `kafka.topic_separator`,
 //! `kafka.key`, every `forward.*`, `wal.max_bytes`, `wal.max_records`, `wal.on_full`,
-//! `wal.max_age`, `wal.on_expired`, `admin.enabled`, `admin.listen`, `admin.token_file`
+//! `wal.max_age`, `wal.on_expired`, `dead_letters.max_bytes`, `admin.enabled`, `admin.listen`, `admin.token_file`
 //! (the token is read again, so a reload rotates it),
 //! `shutdown.grace_period`. Everything else needs a restart: the MQTT connection
 //! (brokers, client id, session, credentials, TLS, timeouts), the Kafka connection
@@ -47,6 +47,7 @@ pub fn merge(old: &Loaded, new: &Loaded) -> (Loaded, Vec<&'static str>) {
     c.wal.on_full = n.wal.on_full;
     c.wal.max_age = n.wal.max_age;
     c.wal.on_expired = n.wal.on_expired;
+    c.dead_letters = n.dead_letters.clone();
     c.admin = n.admin.clone();
     c.shutdown = n.shutdown.clone();
     eff.router = new.router.clone();
@@ -119,6 +120,7 @@ fn applied(old: &Config, new: &Config) -> Vec<&'static str> {
         "wal.on_full" => wal.on_full,
         "wal.max_age" => wal.max_age,
         "wal.on_expired" => wal.on_expired,
+        "dead_letters.max_bytes" => dead_letters.max_bytes,
         "admin" => admin,
         "shutdown.grace_period" => shutdown.grace_period,
     );

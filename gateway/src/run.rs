@@ -220,7 +220,7 @@ pub async fn run_with(
             sync_linger: cfg.wal.sync_linger,
             idle_sync: Duration::from_secs(1),
             min_free_space: cfg.wal.min_free_space.0,
-            limits: cfg.wal.limits(),
+            limits: cfg.limits(),
             reload: Some(config_rx.clone()),
         };
         std::thread::Builder::new()

@@ -235,6 +235,7 @@ impl admin::Source for AdminView {
                 bytes: w.dead_letter_bytes,
                 purged: w.dead_letters_purged,
                 replayed: w.dead_letters_replayed,
+                dropped: w.dead_letters_dropped,
             },
             counters: c.snapshot(),
             wal_commit_seconds: s.commit_times.histogram(),

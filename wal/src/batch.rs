@@ -76,7 +76,7 @@ impl Dropped {
 
 /// Changes applied in one transaction by [`Wal::commit`], in this order: dead letters,
 /// acknowledged prefix, policy drops, appends (then the replayed dead letters'
-/// records), removals from the dead-letter table, changes to the MQTT session state.
+/// records), removals from the dead-letter table (replayed, purged, dropped for the cap), changes to the MQTT session state.
 #[derive(Debug, Default)]
 pub struct WriteBatch<'a> {
     pub(crate) appends: Vec<RecordRef<'a>>,
@@ -86,6 +86,7 @@ pub struct WriteBatch<'a> {
     pub(crate) session: Vec<BatchChange>,
     pub(crate) purges: Vec<u64>,
     pub(crate) replays: Vec<u64>,
+    pub(crate) over_cap: Vec<u64>,
 }
 
 impl<'a> WriteBatch<'a> {
@@ -151,6 +152,14 @@ impl<'a> WriteBatch<'a> {
         self
     }
 
+    /// Delete dead letter `seq` to keep the dead letters under their byte cap (a
+    /// configured policy, not an operator): counted in
+    /// [`WalStats::dead_letters_dropped`]. A sequence not in the table is skipped.
+    pub fn drop_dead_letter(&mut self, seq: u64) -> &mut Self {
+        self.over_cap.push(seq);
+        self
+    }
+
     /// Put dead letter `seq` back in front of the forwarder: its record is appended
     /// again (after this batch's appends, with the next sequence number; several in
     /// the order given) and it leaves the dead-letter table, counted in
@@ -174,6 +183,7 @@ impl<'a> WriteBatch<'a> {
             && self.session.is_empty()
             && self.purges.is_empty()
             && self.replays.is_empty()
+            && self.over_cap.is_empty()
     }
 
     /// Forget everything in the batch, keeping its allocation.
@@ -185,6 +195,7 @@ impl<'a> WriteBatch<'a> {
         self.session.clear();
         self.purges.clear();
         self.replays.clear();
+        self.over_cap.clear();
     }
 }
 
@@ -207,4 +218,6 @@ pub struct CommitOutcome {
     pub dead_letters_purged: u64,
     /// Dead letters replayed (appended again; among `appended`).
     pub dead_letters_replayed: u64,
+    /// Dead letters dropped for the cap.
+    pub dead_letters_dropped: u64,
 }

@@ -76,6 +76,7 @@ const META_DROPPED_MAX_RECORDS: &str = "dropped_max_records";
 const META_DROPPED_MAX_AGE: &str = "dropped_max_age";
 const META_DEAD_PURGED: &str = "dead_letters_purged";
 const META_DEAD_REPLAYED: &str = "dead_letters_replayed";
+const META_DEAD_DROPPED: &str = "dead_letters_dropped_over_cap";
 /// Number of the last journal frame whose changes this redb state holds (absent = 0).
 /// Added without a version bump: a file without it has an empty journal.
 pub(crate) const META_JOURNAL_LSN: &str = "journal_lsn";
@@ -160,6 +161,9 @@ pub struct DeadLetter {
     pub reason: String,
     /// When it was parked, Unix milliseconds.
     pub parked_at_ms: u64,
+    /// Its encoded size in the dead-letter table (what
+    /// [`WalStats::dead_letter_bytes`](crate::WalStats::dead_letter_bytes) counts).
+    pub encoded_len: u64,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -274,6 +278,7 @@ pub(crate) fn decode_dead_letter(seq: u64, raw: &[u8]) -> Result<DeadLetter, Str
         record,
         reason,
         parked_at_ms,
+        encoded_len: raw.len() as u64,
     })
 }
 
@@ -307,6 +312,7 @@ pub(crate) fn load_meta(
         },
         dead_letters_purged: get(META_DEAD_PURGED)?,
         dead_letters_replayed: get(META_DEAD_REPLAYED)?,
+        dead_letters_dropped: get(META_DEAD_DROPPED)?,
         ..WalStats::default()
     })
 }
@@ -327,6 +333,7 @@ pub(crate) fn store_meta(
         (META_DROPPED_MAX_AGE, s.dropped.max_age),
         (META_DEAD_PURGED, s.dead_letters_purged),
         (META_DEAD_REPLAYED, s.dead_letters_replayed),
+        (META_DEAD_DROPPED, s.dead_letters_dropped),
     ] {
         if n > 0 {
             meta.insert(key, n)?;

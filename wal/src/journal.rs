@@ -44,7 +44,8 @@
 //!                  kinds 1-3: MQTT session changes (`session`); 4: records dropped
 //!                  by a policy up to sequence `value`, argument = `DropReason`;
 //!                  5: dead letter `value` removed, argument 1 = purged by an
-//!                  operator, 2 = replayed (its record is among this frame's appends)
+//!                  operator, 2 = replayed (its record is among this frame's appends),
+//!                  3 = dropped to keep the dead letters under their byte cap
 //! ```
 //! Version 1 journals (before the tail) have the same frames without it, and are
 //! still replayed.
@@ -61,8 +62,21 @@ pub(crate) enum Tail {
     Session(Change),
     /// Records up to `up_to` dropped by a policy.
     Drop { up_to: u64, reason: DropReason },
-    /// Dead letter `seq` removed: purged, or replayed (appended again in this frame).
-    DeadLetterGone { seq: u64, replayed: bool },
+    /// Dead letter `seq` removed: purged, replayed (appended again in this frame), or
+    /// dropped for the cap.
+    DeadLetterGone { seq: u64, how: Gone },
+}
+
+/// How a dead letter left the table. FROZEN codes: they are in journal frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub(crate) enum Gone {
+    /// An operator purged it.
+    Purged = 1,
+    /// An operator replayed it: its record is among the frame's appends.
+    Replayed = 2,
+    /// Dropped, the oldest first, to keep the dead letters under their byte cap.
+    OverCap = 3,
 }
 
 impl Tail {
@@ -70,7 +84,7 @@ impl Tail {
         match self {
             Tail::Session(c) => session::encode(c),
             Tail::Drop { up_to, reason } => (4, reason as u16, up_to),
-            Tail::DeadLetterGone { seq, replayed } => (5, if replayed { 2 } else { 1 }, seq),
+            Tail::DeadLetterGone { seq, how } => (5, how as u16, seq),
         }
     }
 
@@ -81,11 +95,15 @@ impl Tail {
                 reason: DropReason::from_code(arg)
                     .ok_or_else(|| format!("unknown drop reason {arg}"))?,
             }),
-            5 if arg == 1 || arg == 2 => Ok(Tail::DeadLetterGone {
+            5 => Ok(Tail::DeadLetterGone {
                 seq: value,
-                replayed: arg == 2,
+                how: match arg {
+                    1 => Gone::Purged,
+                    2 => Gone::Replayed,
+                    3 => Gone::OverCap,
+                    _ => return Err(format!("unknown dead-letter removal {arg}")),
+                },
             }),
-            5 => Err(format!("unknown dead-letter removal {arg}")),
             k => session::decode(k, arg, value).map(Tail::Session),
         }
     }
@@ -527,7 +545,11 @@ mod tests {
         b.tail(Tail::Session(Change::Reset(99)));
         b.tail(Tail::DeadLetterGone {
             seq: 3,
-            replayed: true,
+            how: Gone::Replayed,
+        });
+        b.tail(Tail::DeadLetterGone {
+            seq: 2,
+            how: Gone::OverCap,
         });
         let with = b.finish().to_vec();
         // Without session changes a frame is exactly what version 1 wrote.
@@ -546,7 +568,11 @@ mod tests {
                 Tail::Session(Change::Reset(99)),
                 Tail::DeadLetterGone {
                     seq: 3,
-                    replayed: true
+                    how: Gone::Replayed
+                },
+                Tail::DeadLetterGone {
+                    seq: 2,
+                    how: Gone::OverCap
                 }
             ]
         );

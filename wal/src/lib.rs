@@ -83,7 +83,7 @@ use std::sync::{Mutex, RwLock};
 use redb::{Database, ReadableDatabase};
 
 use format::{DEAD_LETTER, META, MQTT_QOS2, RECORDS, TOPIC_BACKLOG};
-use journal::{FrameBuilder, Tail};
+use journal::{FrameBuilder, Gone, Tail};
 use recover::{apply_frame, recover, refresh_ends, Tables};
 use session::ApplyError;
 use storage::{broken_journal, build_database, open_database, open_journal, sync_journal};
@@ -168,6 +168,9 @@ pub struct WalStats {
     pub dead_letters_purged: u64,
     /// Dead letters an operator replayed, over the WAL's life.
     pub dead_letters_replayed: u64,
+    /// Dead letters dropped, the oldest first, to keep the table under its byte cap,
+    /// over the WAL's life.
+    pub dead_letters_dropped: u64,
 }
 
 /// The write-ahead log. Share it behind an `Arc`: reads run concurrently with a commit.
@@ -451,13 +454,19 @@ impl Wal {
         for dl in &replayed {
             frame.tail(Tail::DeadLetterGone {
                 seq: dl.record.seq,
-                replayed: true,
+                how: Gone::Replayed,
             });
         }
         for &seq in &batch.purges {
             frame.tail(Tail::DeadLetterGone {
                 seq,
-                replayed: false,
+                how: Gone::Purged,
+            });
+        }
+        for &seq in &batch.over_cap {
+            frame.tail(Tail::DeadLetterGone {
+                seq,
+                how: Gone::OverCap,
             });
         }
         for change in &batch.session {

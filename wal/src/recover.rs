@@ -7,7 +7,7 @@ use std::path::Path;
 use redb::{Database, ReadableTable, TableDefinition};
 
 use crate::format::{self, DEAD_LETTER, META, MQTT_QOS2, RECORDS, TOPIC_BACKLOG};
-use crate::journal::{self, Tail};
+use crate::journal::{self, Gone, Tail};
 use crate::session::{self, ApplyError};
 use crate::storage::JournalState;
 use crate::topics::{self, Tally};
@@ -252,18 +252,25 @@ pub(crate) fn apply_frame(
         outcome.appended = frame.appends.len() as u64;
     }
     for entry in &frame.tail {
-        if let Tail::DeadLetterGone { seq, replayed } = *entry {
+        if let Tail::DeadLetterGone { seq, how } = *entry {
             let Some(value) = dead.remove(seq)? else {
                 continue;
             };
             stats.dead_letters -= 1;
             stats.dead_letter_bytes -= value.value().len() as u64;
-            if replayed {
-                stats.dead_letters_replayed += 1;
-                outcome.dead_letters_replayed += 1;
-            } else {
-                stats.dead_letters_purged += 1;
-                outcome.dead_letters_purged += 1;
+            match how {
+                Gone::Replayed => {
+                    stats.dead_letters_replayed += 1;
+                    outcome.dead_letters_replayed += 1;
+                }
+                Gone::Purged => {
+                    stats.dead_letters_purged += 1;
+                    outcome.dead_letters_purged += 1;
+                }
+                Gone::OverCap => {
+                    stats.dead_letters_dropped += 1;
+                    outcome.dead_letters_dropped += 1;
+                }
             }
         }
     }

@@ -241,10 +241,11 @@ enum Action {
         reset: Option<u64>,
     },
     /// Dead letters picked by index (modulo the table's size; some past it: missing),
-    /// replayed or purged in one batch, maybe with an append.
+    /// replayed (0), purged (1) or dropped for the cap (2) in one batch, maybe with an
+    /// append.
     DeadLetterOp {
         picks: Vec<u8>,
-        replay: bool,
+        how: u8,
         append: bool,
     },
 }
@@ -261,8 +262,8 @@ fn action() -> impl Strategy<Value = Action> {
         1 => (0u64..10, 0u8..3).prop_map(|(back, reason)| Action::Drop { back, reason }),
         2 => (0u16..6, prop::collection::vec(0u16..6, 0..3), prop::option::weighted(0.2, 1u64..4))
             .prop_map(|(pkid, release, reset)| Action::Qos2 { pkid, release, reset }),
-        2 => (prop::collection::vec(0u8..6, 0..4), any::<bool>(), any::<bool>())
-            .prop_map(|(picks, replay, append)| Action::DeadLetterOp { picks, replay, append }),
+        2 => (prop::collection::vec(0u8..6, 0..4), 0u8..3, any::<bool>())
+            .prop_map(|(picks, how, append)| Action::DeadLetterOp { picks, how, append }),
     ]
 }
 
@@ -276,6 +277,7 @@ struct Model {
     dropped: [u64; 3],
     purged: u64,
     replayed: u64,
+    over_cap: u64,
 }
 
 /// The backlog per topic the model's records make.
@@ -383,7 +385,8 @@ proptest! {
                         m.session = Some(id);
                     }
                 }
-                Action::DeadLetterOp { picks, replay, append } => {
+                Action::DeadLetterOp { picks, how, append } => {
+                    let replay = how == 0;
                     let dead: Vec<u64> = m.dead.keys().copied().collect();
                     // Indexes past the table name sequences that are not in it.
                     let mut seqs: Vec<u64> = picks
@@ -399,7 +402,11 @@ proptest! {
                     }
                     // Asked with repeats: each one counts once.
                     for s in &asked {
-                        if replay { b.replay_dead_letter(*s); } else { b.purge_dead_letter(*s); }
+                        match how {
+                            0 => b.replay_dead_letter(*s),
+                            1 => b.purge_dead_letter(*s),
+                            _ => b.drop_dead_letter(*s),
+                        };
                     }
                     let out = wal.commit(&b, Durability::None).unwrap();
                     if append {
@@ -419,9 +426,12 @@ proptest! {
                         m.replayed += n;
                         prop_assert_eq!(out.dead_letters_replayed, n);
                         prop_assert_eq!(out.appended, n + append as u64);
-                    } else {
+                    } else if how == 1 {
                         m.purged += n;
                         prop_assert_eq!(out.dead_letters_purged, n);
+                    } else {
+                        m.over_cap += n;
+                        prop_assert_eq!(out.dead_letters_dropped, n);
                     }
                 }
             }
@@ -437,6 +447,9 @@ proptest! {
             prop_assert_eq!(s.newest_seq, m.records.keys().next_back().copied());
             prop_assert_eq!(s.dead_letters, m.dead.len() as u64);
             prop_assert_eq!((s.dead_letters_purged, s.dead_letters_replayed), (m.purged, m.replayed));
+            prop_assert_eq!(s.dead_letters_dropped, m.over_cap);
+            let dead_bytes: u64 = wal.dead_letters(0, usize::MAX).unwrap().iter().map(|d| d.encoded_len).sum();
+            prop_assert_eq!(s.dead_letter_bytes, dead_bytes);
             let bytes: u64 = m.records.values().map(|(t, p)| (13 + t.len() + p.len()) as u64).sum();
             prop_assert_eq!(s.bytes, bytes);
             prop_assert_eq!(wal.topic_backlog().unwrap(), model_topics(&m.records));
@@ -721,28 +734,37 @@ fn replayed_and_purged_dead_letters_survive_a_crash_through_the_journal() {
     let dir = tempfile::tempdir().unwrap();
     let crashed = tempfile::tempdir().unwrap();
     let wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
-    wal.append(&[rec("a", b"1"), rec("b", b"2"), rec("c", b"3")])
-        .unwrap();
+    wal.append(&[
+        rec("a", b"1"),
+        rec("b", b"2"),
+        rec("c", b"3"),
+        rec("d", b"4"),
+    ])
+    .unwrap();
     let mut b = WriteBatch::new();
     b.dead_letter(1, "too large")
         .dead_letter(2, "refused")
-        .dead_letter(3, "x");
+        .dead_letter(3, "x")
+        .dead_letter(4, "y");
     wal.commit(&b, Durability::Immediate).unwrap();
     wal.checkpoint().unwrap();
-    // Replay 2 then 1 (in that order), purge 3: not durable in redb, only journaled.
+    // Replay 2 then 1 (in that order), purge 3, drop 4 for the cap: not durable in
+    // redb, only journaled.
     let mut b = WriteBatch::new();
     b.replay_dead_letter(2)
         .replay_dead_letter(1)
-        .purge_dead_letter(3);
+        .purge_dead_letter(3)
+        .drop_dead_letter(4);
     let out = wal.commit(&b, Durability::Immediate).unwrap();
     assert_eq!(
         (
             out.appended,
             out.dead_letters_replayed,
             out.dead_letters_purged,
+            out.dead_letters_dropped,
             out.first_appended
         ),
-        (2, 2, 1, Some(4))
+        (2, 2, 1, 1, Some(5))
     );
     crash_copy(dir.path(), crashed.path());
     let reopened = Wal::open(crashed.path(), WalOptions::default()).unwrap();
@@ -753,9 +775,10 @@ fn replayed_and_purged_dead_letters_survive_a_crash_through_the_journal() {
             s.dead_letters,
             s.dead_letter_bytes,
             s.dead_letters_purged,
-            s.dead_letters_replayed
+            s.dead_letters_replayed,
+            s.dead_letters_dropped
         ),
-        (0, 0, 1, 2)
+        (0, 0, 1, 2, 1)
     );
     let back: Vec<(u64, String)> = reopened
         .read_from(0, 10, usize::MAX)
@@ -763,5 +786,5 @@ fn replayed_and_purged_dead_letters_survive_a_crash_through_the_journal() {
         .into_iter()
         .map(|r| (r.seq, r.topic))
         .collect();
-    assert_eq!(back, vec![(4, "b".to_string()), (5, "a".to_string())]);
+    assert_eq!(back, vec![(5, "b".to_string()), (6, "a".to_string())]);
 }

@@ -102,6 +102,7 @@ pub fn healthy() -> Snapshot {
             bytes: 300,
             purged: 4,
             replayed: 5,
+            dropped: 6,
         },
         rates: admin::Rates {
             ingest_1m: Some(120.5),

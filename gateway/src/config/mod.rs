@@ -61,6 +61,8 @@ pub struct Config {
     pub forward: ForwardConfig,
     /// The admin HTTP API.
     #[serde(default)]
+    pub dead_letters: DeadLettersConfig,
+    #[serde(default)]
     pub admin: AdminConfig,
     /// Shutdown behaviour.
     #[serde(default)]
@@ -283,15 +285,17 @@ pub struct WalConfig {
     pub on_expired: crate::policy::OnExpired,
 }
 
-impl WalConfig {
-    /// The caps and the age limit.
+impl Config {
+    /// The caps and the age limit of the WAL, and the dead letters' cap.
     pub fn limits(&self) -> crate::policy::Limits {
+        let w = &self.wal;
         crate::policy::Limits {
-            max_bytes: self.max_bytes.map(|b| b.0),
-            max_records: self.max_records,
-            on_full: self.on_full,
-            max_age: self.max_age,
-            on_expired: self.on_expired,
+            max_bytes: w.max_bytes.map(|b| b.0),
+            max_records: w.max_records,
+            on_full: w.on_full,
+            max_age: w.max_age,
+            on_expired: w.on_expired,
+            dead_letters_max_bytes: self.dead_letters.max_bytes.map(|b| b.0),
         }
     }
 }
@@ -314,6 +318,16 @@ pub struct ForwardConfig {
     /// parked in the dead-letter table.
     #[serde(default = "default_unknown_topic_grace", with = "humantime_serde")]
     pub unknown_topic_grace: Duration,
+}
+
+/// The dead-letter table.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLettersConfig {
+    /// Most encoded bytes kept in the dead-letter table: past it the oldest dead
+    /// letters are dropped, counted and logged. None: no cap (the disk is the bound).
+    #[serde(default)]
+    pub max_bytes: Option<ByteSize>,
 }
 
 /// Admin HTTP API.

@@ -236,6 +236,42 @@ impl WalThread {
         true
     }
 
+    /// Drop the oldest dead letters while the table is over `dead_letters.max_bytes`
+    /// (O(1) to check; a read of the oldest dead letters when over). A failed commit is
+    /// tried again on the next turn. True when it committed (not durably yet).
+    pub(crate) fn cap_dead_letters(&mut self) -> bool {
+        let over = self
+            .opts
+            .limits
+            .dead_letters_max_bytes
+            .is_some_and(|cap| self.wal.stats().dead_letter_bytes > cap);
+        if !over {
+            return false;
+        }
+        let Some(seqs) = self.opts.limits.dead_letters_over_cap(&self.wal) else {
+            return false;
+        };
+        let mut batch = WriteBatch::new();
+        for &seq in &seqs {
+            batch.drop_dead_letter(seq);
+        }
+        match self.wal.commit(&batch, Durability::None) {
+            Ok(out) => {
+                self.drop_log.dead_letters_dropped(
+                    seqs[0],
+                    seqs[seqs.len() - 1],
+                    out.dead_letters_dropped,
+                    &self.opts.limits,
+                );
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "dropping dead letters over dead_letters.max_bytes failed");
+                false
+            }
+        }
+    }
+
     /// Make the committed appends waiting for their fsync durable and publish them
     /// (rule 1). If the fsync fails, the WAL is reopened and the appends are restored
     /// ([`Retry::restore_waiting`]). Returns false only when `abort` was cancelled first.

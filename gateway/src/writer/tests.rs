@@ -88,11 +88,14 @@ struct Running {
 }
 
 fn start(linger: Duration, sync_linger: Duration) -> Running {
+    start_with(options(linger, sync_linger))
+}
+
+fn start_with(opts: WriterOptions) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let wal = Arc::new(Wal::open(dir.path(), wal::WalOptions::default()).unwrap());
     let (tx, rx) = mpsc::channel(16);
     let (durable_tx, durable) = watch::channel(0u64);
-    let opts = options(linger, sync_linger);
     let shared = Arc::new(Shared::default());
     let thread = std::thread::spawn({
         let (wal, shared) = (wal.clone(), shared.clone());
@@ -222,6 +225,46 @@ fn an_operator_request_given_up_on_is_not_applied() {
     );
     assert!(!taken.give_up(), "taken, then given up");
     assert_eq!(r.wal.stats().dead_letters_purged, 2);
+    drop(r.tx);
+    r.thread.join().expect("WAL thread panicked");
+}
+
+/// Over `dead_letters.max_bytes`, the oldest dead letters are dropped until the table
+/// is back under it, counted in the WAL.
+#[test]
+fn dead_letters_over_their_cap_are_dropped_oldest_first() {
+    let mut opts = options(Duration::ZERO, Duration::ZERO);
+    // Each dead letter below takes 11 + 7 ("refused") + 13 + 1 + 100 = 132 bytes.
+    opts.limits.dead_letters_max_bytes = Some(3 * 132);
+    let r = start_with(opts);
+    let body = [7u8; 100];
+    let rec = wal::RecordRef {
+        topic: "t",
+        payload: &body,
+        qos: 1,
+        retain: false,
+        dup: false,
+        receive_time_ms: 1,
+    };
+    r.wal.append(&[rec; 5]).unwrap();
+    let mut parked = wal::WriteBatch::new();
+    for seq in 1..=5 {
+        parked.dead_letter(seq, "refused");
+    }
+    r.wal.commit(&parked, wal::Durability::Immediate).unwrap();
+    assert_eq!(r.wal.stats().dead_letter_bytes, 5 * 132);
+    // Any command wakes the WAL thread, which checks the cap first.
+    r.tx.blocking_send(WalCmd::Append(pending(1))).unwrap();
+    wait("the cap to be applied", || r.wal.stats().dead_letters == 3);
+    let left: Vec<u64> = r
+        .wal
+        .dead_letters(0, 10)
+        .unwrap()
+        .iter()
+        .map(|d| d.record.seq)
+        .collect();
+    assert_eq!(left, vec![3, 4, 5], "the oldest go first");
+    assert_eq!(r.wal.stats().dead_letters_dropped, 2);
     drop(r.tx);
     r.thread.join().expect("WAL thread panicked");
 }

@@ -114,6 +114,9 @@ impl WalThread {
                 self.unsynced = true;
             }
             self.drop_log.flush(&self.opts.limits, false);
+            if self.cap_dead_letters() {
+                self.unsynced = true;
+            }
             let mut bytes = 0usize;
             if self.held.is_empty() {
                 // 1. Block for the first command (or sync when one is due).
@@ -229,7 +232,7 @@ impl WalThread {
     fn reconfigure(&mut self) {
         if let Some(rx) = self.opts.reload.as_mut() {
             if rx.has_changed().unwrap_or(false) {
-                self.opts.limits = rx.borrow_and_update().config.wal.limits();
+                self.opts.limits = rx.borrow_and_update().config.limits();
             }
         }
     }
