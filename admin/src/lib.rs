@@ -39,7 +39,7 @@ pub use records::{
 /// A boxed future, as [`Source`]'s asynchronous methods return.
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 pub use routes::{handle, MAX_BODY_BYTES};
-pub use server::serve;
+pub use server::{serve, serve_tls, Tls};
 pub use topics::{
     GroupBy, OldestScan, OtherTopics, TopicRow, TopicsPage, TopicsQuery, DEFAULT_TOPICS_LIMIT,
     MAX_TOPICS_LIMIT,

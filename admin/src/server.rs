@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -11,6 +11,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use tokio_rustls::{rustls, TlsAcceptor};
 use tokio_util::sync::CancellationToken;
 
 use crate::{routes::handle, Source};
@@ -36,6 +37,47 @@ pub async fn serve(
     listener: TcpListener,
     source: Arc<dyn Source>,
     shutdown: CancellationToken,
+) -> io::Result<()> {
+    run(listener, source, shutdown, None).await
+}
+
+/// [`serve`] over TLS: each connection's handshake uses the configuration `tls` holds
+/// when it arrives, so [`Tls::set`] takes effect for new connections at once.
+pub async fn serve_tls(
+    listener: TcpListener,
+    source: Arc<dyn Source>,
+    shutdown: CancellationToken,
+    tls: Tls,
+) -> io::Result<()> {
+    run(listener, source, shutdown, Some(tls)).await
+}
+
+/// The admin API's TLS server configuration, replaceable while serving (a renewed
+/// certificate).
+#[derive(Debug, Clone)]
+pub struct Tls(Arc<RwLock<Arc<rustls::ServerConfig>>>);
+
+impl Tls {
+    /// Serve with `config`.
+    pub fn new(config: Arc<rustls::ServerConfig>) -> Self {
+        Self(Arc::new(RwLock::new(config)))
+    }
+
+    /// Serve new connections with `config`.
+    pub fn set(&self, config: Arc<rustls::ServerConfig>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = config;
+    }
+
+    fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.0.read().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+}
+
+async fn run(
+    listener: TcpListener,
+    source: Arc<dyn Source>,
+    shutdown: CancellationToken,
+    tls: Option<Tls>,
 ) -> io::Result<()> {
     let mut builder = http1::Builder::new();
     builder
@@ -66,24 +108,32 @@ pub async fn serve(
                         let source = Arc::clone(&source);
                         async move { Ok::<_, Infallible>(handle(req, &*source).await) }
                     });
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
                     let shutdown = shutdown.clone();
-                    conns.spawn(async move {
-                        let mut conn = pin!(conn);
-                        let res = tokio::select! {
-                            res = conn.as_mut() => res,
-                            () = shutdown.cancelled() => {
-                                // Finish the request in progress, then close; idle
-                                // keep-alive connections close at once.
-                                conn.as_mut().graceful_shutdown();
-                                conn.await
-                            }
-                        };
-                        if let Err(e) = res {
-                            // Client-side trouble (resets, header timeouts) is routine.
-                            tracing::debug!(%peer, error = %e, "admin connection ended with error");
+                    let builder = builder.clone();
+                    match tls.as_ref().map(Tls::acceptor) {
+                        None => {
+                            conns.spawn(async move {
+                                connection(&builder, stream, service, shutdown, peer).await;
+                            });
                         }
-                    });
+                        Some(acceptor) => {
+                            conns.spawn(async move {
+                                // The handshake gets the same bound as a request head.
+                                let accepted = tokio::select! {
+                                    r = tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)) => r,
+                                    () = shutdown.cancelled() => return,
+                                };
+                                match accepted {
+                                    Ok(Ok(stream)) => {
+                                        connection(&builder, stream, service, shutdown, peer).await;
+                                    }
+                                    // A plain-HTTP client or an untrusting one: routine.
+                                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "admin TLS handshake failed"),
+                                    Err(_) => tracing::debug!(%peer, "admin TLS handshake timed out"),
+                                }
+                            });
+                        }
+                    }
                 }
                 Err(e) if is_connection_error(&e) => {
                     tracing::debug!(error = %e, "admin accept: connection failed before accept");
@@ -111,6 +161,37 @@ pub async fn serve(
     }
     tracing::info!("admin server stopped");
     Ok(())
+}
+
+/// Serve one connection until it ends; at shutdown, finish the request in progress.
+async fn connection<I, S>(
+    builder: &http1::Builder,
+    io: I,
+    service: S,
+    shutdown: CancellationToken,
+    peer: std::net::SocketAddr,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let mut conn = pin!(conn);
+    let res = tokio::select! {
+        res = conn.as_mut() => res,
+        () = shutdown.cancelled() => {
+            // Finish the request in progress, then close; idle keep-alive connections
+            // close at once.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = res {
+        // Client-side trouble (resets, header timeouts) is routine.
+        tracing::debug!(%peer, error = %e, "admin connection ended with error");
+    }
 }
 
 /// Errors about one connection that died between SYN and accept; the listener is fine.

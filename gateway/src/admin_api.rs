@@ -1,7 +1,8 @@
 //! The admin API server as the gateway runs it: bound at start (a failure stops the
 //! start), then moved to a new address, started or stopped when a configuration
-//! reload changes `admin.listen` / `admin.enabled`. A new address that cannot be bound
-//! is logged and the server stays where it was.
+//! reload changes `admin.listen` / `admin.enabled` / whether `[admin.tls]` is set. A
+//! new address that cannot be bound is logged and the server stays where it was. With
+//! TLS, a reload serves the certificate read again (renewed) to new connections.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{AdminConfig, Loaded};
 
+type TlsConfig = Option<Arc<rustls::ServerConfig>>;
+
 /// One running server.
 struct Server {
     addr: SocketAddr,
@@ -20,12 +23,19 @@ struct Server {
 }
 
 impl Server {
-    fn start(listener: tokio::net::TcpListener, source: Arc<dyn admin::Source>) -> Self {
+    fn start(
+        listener: tokio::net::TcpListener,
+        source: Arc<dyn admin::Source>,
+        tls: Option<admin::Tls>,
+    ) -> Self {
         let addr = listener
             .local_addr()
             .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
         let stop = CancellationToken::new();
-        let task = tokio::spawn(admin::serve(listener, source, stop.clone()));
+        let task = match tls {
+            None => tokio::spawn(admin::serve(listener, source, stop.clone())),
+            Some(tls) => tokio::spawn(admin::serve_tls(listener, source, stop.clone(), tls)),
+        };
         Self { addr, stop, task }
     }
 
@@ -40,6 +50,8 @@ pub struct AdminApi {
     source: Arc<dyn admin::Source>,
     config: AdminConfig,
     server: Option<Server>,
+    /// The running server's TLS configuration, when it serves HTTPS.
+    tls: Option<admin::Tls>,
 }
 
 impl std::fmt::Debug for AdminApi {
@@ -54,17 +66,20 @@ impl AdminApi {
     /// Start serving `source` as `config` says.
     pub async fn start(
         config: &AdminConfig,
+        tls: TlsConfig,
         source: Arc<dyn admin::Source>,
     ) -> Result<Self, std::io::Error> {
         let mut api = Self {
             source,
             config: config.clone(),
             server: None,
+            tls: None,
         };
         if config.enabled {
             let listener = tokio::net::TcpListener::bind(config.listen).await?;
-            api.server = Some(Server::start(listener, api.source.clone()));
-            tracing::info!(addr = %api.addr().expect("started"), "admin API listening");
+            api.tls = tls.map(admin::Tls::new);
+            api.server = Some(Server::start(listener, api.source.clone(), api.tls.clone()));
+            tracing::info!(addr = %api.addr().expect("started"), https = api.tls.is_some(), "admin API listening");
         }
         Ok(api)
     }
@@ -92,7 +107,7 @@ impl AdminApi {
                     self.source
                         .access()
                         .set(loaded.admin_token.as_ref().map(|t| t.expose()));
-                    self.apply(loaded.config.admin.clone()).await;
+                    self.apply(loaded.config.admin.clone(), loaded.admin_tls.clone()).await;
                 }
             }
         }
@@ -101,10 +116,7 @@ impl AdminApi {
         }
     }
 
-    async fn apply(&mut self, new: AdminConfig) {
-        if new == self.config {
-            return;
-        }
+    async fn apply(&mut self, new: AdminConfig, tls: TlsConfig) {
         if !new.enabled {
             if let Some(s) = self.server.take() {
                 s.stop().await;
@@ -113,24 +125,42 @@ impl AdminApi {
             self.config = new;
             return;
         }
-        if self.server.is_some() && new.listen == self.config.listen {
+        let same_scheme = self.tls.is_some() == tls.is_some();
+        if self.server.is_some() && new.listen == self.config.listen && same_scheme {
+            // A renewed certificate (the files are read on every reload).
+            if let (Some(current), Some(fresh)) = (&self.tls, tls) {
+                current.set(fresh);
+                tracing::info!("admin API certificate read again (admin.tls); new connections get it");
+            }
             self.config = new;
             return;
+        }
+        // Switching between HTTP and HTTPS on the same address: free it first.
+        if self.server.is_some() && new.listen == self.config.listen {
+            if let Some(s) = self.server.take() {
+                s.stop().await;
+            }
         }
         match tokio::net::TcpListener::bind(new.listen).await {
             Ok(listener) => {
                 if let Some(s) = self.server.take() {
                     s.stop().await;
                 }
-                let server = Server::start(listener, self.source.clone());
-                tracing::info!(addr = %server.addr, "admin API listening (configuration reload)");
+                self.tls = tls.map(admin::Tls::new);
+                let server = Server::start(listener, self.source.clone(), self.tls.clone());
+                tracing::info!(addr = %server.addr, https = self.tls.is_some(), "admin API listening (configuration reload)");
                 self.server = Some(server);
                 self.config = new;
             }
-            Err(e) => tracing::error!(
+            Err(e) if self.server.is_some() => tracing::error!(
                 addr = %new.listen,
                 error = %e,
                 "cannot listen on the new admin.listen; the admin API stays where it was"
+            ),
+            Err(e) => tracing::error!(
+                addr = %new.listen,
+                error = %e,
+                "cannot listen on admin.listen; the admin API is stopped until a reload can bind it"
             ),
         }
     }

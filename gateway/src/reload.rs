@@ -10,7 +10,8 @@
 //! `mqtt.session_lost_alert`, `kafka.topic`, `kafka.routes`, `kafka.topic_separator`,
 //! `kafka.key`, every `forward.*`, `wal.max_bytes`, `wal.max_records`, `wal.on_full`,
 //! `wal.max_age`, `wal.on_expired`, `dead_letters.max_bytes`, `admin.enabled`, `admin.listen`, `admin.token_file`
-//! (the token is read again, so a reload rotates it),
+//! (the token is read again, so a reload rotates it), `admin.tls` (the certificate
+//! and key are read again: a renewed certificate is served to new connections),
 //! `shutdown.grace_period`. Everything else needs a restart: the MQTT connection
 //! (brokers, client id, session, credentials, TLS, timeouts), the Kafka connection
 //! (`kafka.bootstrap_servers`, `kafka.properties`), the WAL's files and commits,
@@ -52,6 +53,7 @@ pub fn merge(old: &Loaded, new: &Loaded) -> (Loaded, Vec<&'static str>) {
     c.shutdown = n.shutdown.clone();
     eff.router = new.router.clone();
     eff.admin_token = new.admin_token.clone();
+    eff.admin_tls = new.admin_tls.clone();
     let (e, n) = (&eff.config, &new.config);
     let mut restart = Vec::new();
     macro_rules! differ {

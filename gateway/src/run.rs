@@ -184,13 +184,12 @@ pub async fn run_with(
         config: config_rx.clone(),
         wal_tx: forward_wal_tx.downgrade(),
     });
-    let admin_api =
-        AdminApi::start(&cfg.admin, view)
-            .await
-            .map_err(|source| RunError::AdminBind {
-                addr: cfg.admin.listen,
-                source,
-            })?;
+    let admin_api = AdminApi::start(&cfg.admin, loaded.admin_tls.clone(), view)
+        .await
+        .map_err(|source| RunError::AdminBind {
+            addr: cfg.admin.listen,
+            source,
+        })?;
     let admin_addr = admin_api.addr();
     let admin_token = CancellationToken::new();
     let admin_task = tokio::spawn(admin_api.follow(config_rx.clone(), admin_token.clone()));

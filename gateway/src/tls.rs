@@ -1,5 +1,5 @@
-//! TLS to the MQTT broker (rustls with the ring provider: no system libraries, so the
-//! same code cross-compiles for ARM).
+//! TLS to the MQTT broker and for the admin API's listener (rustls with the ring
+//! provider: no system libraries, so the same code cross-compiles for ARM).
 
 use std::sync::Arc;
 
@@ -8,7 +8,7 @@ use rumqttc::TlsConfiguration;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::MqttConfig;
+use crate::config::{AdminTls, MqttConfig};
 
 /// Build the rumqttc TLS configuration from `[mqtt.tls]`.
 pub fn client_config(m: &MqttConfig) -> anyhow::Result<TlsConfiguration> {
@@ -62,4 +62,48 @@ pub fn client_config(m: &MqttConfig) -> anyhow::Result<TlsConfiguration> {
         _ => builder.with_no_client_auth(),
     };
     Ok(TlsConfiguration::Rustls(Arc::new(config)))
+}
+
+/// The admin API's server configuration from `[admin.tls]`; `Err` is (key, reason)
+/// and never holds the key's content.
+pub fn server_config(tls: &AdminTls) -> Result<Arc<rustls::ServerConfig>, (&'static str, String)> {
+    let cert = &tls.cert_file;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| {
+            (
+                "admin.tls.cert_file",
+                format!("cannot read a PEM certificate from {}: {e}", cert.display()),
+            )
+        })?;
+    if chain.is_empty() {
+        return Err((
+            "admin.tls.cert_file",
+            format!("no certificate in {}", cert.display()),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(&tls.key_file).map_err(|_| {
+        (
+            "admin.tls.key_file",
+            format!(
+                "no usable PEM private key in {} (PKCS#8, PKCS#1 or SEC1)",
+                tls.key_file.display()
+            ),
+        )
+    })?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| ("admin.tls", format!("TLS protocol versions: {e}")))?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(|e| {
+        (
+            "admin.tls.key_file",
+            format!("the key does not fit the certificate in admin.tls.cert_file: {e}"),
+        )
+    })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }

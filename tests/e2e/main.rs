@@ -11,6 +11,7 @@ use harness::{payload, Kafka};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 mod admin_auth;
+mod admin_tls;
 mod backlog_topics;
 mod bad_input;
 mod basic;
@@ -73,6 +74,7 @@ fn main() {
         basic::qos0_qos2_binary_and_empty_payloads,
         basic::admin_backlog_and_metrics,
         admin_auth::admin_token_guards_the_api_and_rotates_on_sighup,
+        admin_tls::admin_api_over_https_with_a_renewed_certificate,
         peek::records_pages_the_backlog_with_previews,
         backlog_topics::backlog_per_topic_and_time_to_empty_through_an_outage,
         dead_letters::dead_letters_listed_replayed_and_purged,

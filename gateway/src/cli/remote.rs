@@ -98,12 +98,18 @@ pub(super) struct TargetArgs {
     /// The gateway's configuration file: `admin.listen` and `admin.token_file`.
     #[arg(short, long)]
     config: Option<PathBuf>,
-    /// The admin API's address instead (default http://127.0.0.1:9080).
+    /// The admin API's address instead: http://HOST:PORT or https://HOST:PORT
+    /// (default http://127.0.0.1:9080).
     #[arg(long)]
     url: Option<String>,
     /// A file holding the admin token instead of the config's `admin.token_file`.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// For an https:// URL: the CA certificate(s) that signed the gateway's certificate
+    /// (PEM). Without it, the certificate of the config's `admin.tls.cert_file` is the
+    /// only one accepted.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
     /// Print the admin API's JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -158,6 +164,7 @@ pub(super) fn console_call(
         config: target.config,
         url: target.url,
         token_file: target.token_file,
+        ca_file: target.ca_file,
     };
     let answer = Client::new(&t).and_then(|c| c.call(method, path));
     match answer {

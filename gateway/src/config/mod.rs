@@ -349,6 +349,20 @@ pub struct AdminConfig {
     /// rest is summed in one "other" row (1 to 1000).
     #[serde(default = "default_topics_limit")]
     pub topics_limit: usize,
+    /// Serve the admin API over HTTPS (for access over a LAN).
+    #[serde(default)]
+    pub tls: Option<AdminTls>,
+}
+
+/// The admin API's certificate (`[admin.tls]`); read again on SIGHUP, so a renewed
+/// certificate is served without a restart.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTls {
+    /// PEM certificate chain, the server's certificate first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1). Never logged.
+    pub key_file: PathBuf,
 }
 
 /// Shutdown.

@@ -17,6 +17,8 @@ pub struct Loaded {
     pub password: Option<Secret>,
     /// The admin API's bearer token, from `admin.token_file`.
     pub admin_token: Option<Secret>,
+    /// The admin API's TLS configuration, from `[admin.tls]`.
+    pub admin_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     /// The topic router.
     pub router: Router,
     /// The librdkafka properties as strings, ready for the producer.
@@ -285,12 +287,17 @@ impl Config {
                 format!("must be 1 to {}", admin::MAX_TOPICS_LIMIT),
             ));
         }
+        let admin_tls = match &self.admin.tls {
+            None => None,
+            Some(t) => Some(crate::tls::server_config(t).map_err(|(k, r)| err(k, r))?),
+        };
         let servers_ok = servers;
         Ok(Loaded {
             config: self,
             servers: servers_ok,
             password,
             admin_token,
+            admin_tls,
             router,
             producer_properties,
         })
