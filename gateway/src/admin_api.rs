@@ -130,7 +130,9 @@ impl AdminApi {
             // A renewed certificate (the files are read on every reload).
             if let (Some(current), Some(fresh)) = (&self.tls, tls) {
                 current.set(fresh);
-                tracing::info!("admin API certificate read again (admin.tls); new connections get it");
+                tracing::info!(
+                    "admin API certificate read again (admin.tls); new connections get it"
+                );
             }
             self.config = new;
             return;

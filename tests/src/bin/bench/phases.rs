@@ -71,14 +71,50 @@ impl Bench<'_> {
         say(format!(
             "1b. gateway ingest with Kafka stopped: {n} messages"
         ));
+        let rate = self.ingest_run("ingest", n, mq_pid, false)?;
+        self.r.put("ingest_rate", rate);
+        say(format!(
+            "1c. the same while an operator pages through the backlog in a loop: {n} messages"
+        ));
+        let rate = self.ingest_run("ingestpaged", n, mq_pid, true)?;
+        self.r.put("ingest_paged_rate", rate);
+        Ok(())
+    }
+
+    /// One durable-ingest run of `n` messages with Kafka stopped; with `paging`, a
+    /// client reads the backlog page after page (`/records?limit=1000`, following
+    /// `next`, from the oldest again at the end) and `/backlog/topics` between pages,
+    /// without pause, for the whole run. Returns messages per second; the first run
+    /// also records CPU and thread figures.
+    fn ingest_run(&mut self, name: &str, n: u64, mq_pid: u32, paging: bool) -> Res<u64> {
         // Nothing listens on this port: Kafka is "stopped".
         let dead = format!("127.0.0.1:{}", harness::free_port());
-        let wal = self.dir.join("wal-ingest");
-        let mut gw = self.gateway("ingest", &wal, &dead, "bench", "ingest/#")?;
+        let wal = self.dir.join(format!("wal-{name}"));
+        let prefix = format!("{name}/#");
+        let mut gw = self.gateway(name, &wal, &dead, "bench", &prefix)?;
         let a0 = Metrics::scrape(gw.admin()).get("mkg_mqtt_messages_acked_total");
         let (g0, m0) = (probe::cpu_ticks(gw.pid()), probe::cpu_ticks(mq_pid));
         let threads0 = probe::thread_ticks(gw.pid());
-        let lg = self.loadgen("ingest/dev", n, "ingest", 0)?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pager = paging.then(|| {
+            let (admin, stop) = (gw.admin(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut pages, mut from) = (0u64, 1u64);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let page =
+                        harness::http_get(admin, &format!("/records?from={from}&limit=1000"))
+                            .ok()
+                            .and_then(|(_, body)| {
+                                serde_json::from_str::<serde_json::Value>(&body).ok()
+                            });
+                    from = page.as_ref().and_then(|p| p["next"].as_u64()).unwrap_or(1);
+                    let _ = harness::http_get(admin, "/backlog/topics");
+                    pages += 1;
+                }
+                pages
+            })
+        });
+        let lg = self.loadgen(&format!("{name}/dev"), n, name, 0)?;
         let done = gw.wait_metric(
             "commit and acknowledge every message",
             Duration::from_secs(300),
@@ -86,29 +122,37 @@ impl Bench<'_> {
                 m.get("mkg_mqtt_messages_acked_total") >= a0 + n
                     && m.get("mkg_wal_records_committed_total") >= a0 + n
             },
-        )?;
+        );
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(p) = pager {
+            let pages = p.join().map_err(|_| "the pager panicked")?;
+            self.r.put("ingest_paged_pages", pages);
+        }
+        let done = done?;
         let start = lg["start_unix_ms"].as_u64().unwrap_or(0);
-        self.r.put("ingest_rate", n * 1000 / (done - start).max(1));
-        self.r.put(
-            "ingest_commits",
-            Metrics::scrape(gw.admin()).get("mkg_wal_commits_total"),
-        );
-        self.r.put(
-            "ingest_gw_cpu_us",
-            self.us_per_msg(probe::cpu_ticks(gw.pid()) - g0, n),
-        );
-        self.r.put(
-            "ingest_mq_cpu_us",
-            self.us_per_msg(probe::cpu_ticks(mq_pid) - m0, n),
-        );
-        let threads1 = probe::thread_ticks(gw.pid());
-        self.r.put(
-            "ingest_threads",
-            probe::threads_per_msg(&threads0, &threads1, n, self.hz),
-        );
+        let rate = n * 1000 / (done - start).max(1);
+        if !paging {
+            self.r.put(
+                "ingest_commits",
+                Metrics::scrape(gw.admin()).get("mkg_wal_commits_total"),
+            );
+            self.r.put(
+                "ingest_gw_cpu_us",
+                self.us_per_msg(probe::cpu_ticks(gw.pid()) - g0, n),
+            );
+            self.r.put(
+                "ingest_mq_cpu_us",
+                self.us_per_msg(probe::cpu_ticks(mq_pid) - m0, n),
+            );
+            let threads1 = probe::thread_ticks(gw.pid());
+            self.r.put(
+                "ingest_threads",
+                probe::threads_per_msg(&threads0, &threads1, n, self.hz),
+            );
+        }
         gw.stop();
         let _ = std::fs::remove_dir_all(wal);
-        Ok(())
+        Ok(rate)
     }
 
     /// 3, 4, 5 and 6 on one gateway with an empty WAL.

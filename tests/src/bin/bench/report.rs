@@ -100,6 +100,19 @@ pub fn render(r: &Results) -> (String, bool) {
         ">= 0.9",
         ir as f64 >= 0.9 * cr as f64,
     );
+    let pr = r.n("ingest_paged_rate");
+    row(
+        1,
+        format!(
+            "durable ingest while paging the backlog ({} pages of 1,000)",
+            t(r.n("ingest_paged_pages"))
+        ),
+        format!("{} msg/s", t(pr)),
+        &format!("{} msg/s (without)", t(ir)),
+        format!("{:.2}", pr as f64 / ir.max(1) as f64),
+        ">= 0.95",
+        pr as f64 >= 0.95 * ir as f64,
+    );
     let (dr, kr) = (r.n("drain_rate"), r.n("kcat_rate"));
     let backlog = t(r.n("walfill_backlog.records"));
     let big = t(r.n("walfill_big.records"));
