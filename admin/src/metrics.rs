@@ -194,21 +194,74 @@ pub(crate) fn render(s: &Snapshot) -> String {
         "Durable WAL commits by duration (writes and fsync): MQTT acknowledgements wait for them; a slow or failing SD card shows here first.",
         &s.wal_commit_seconds,
     );
+    build_info(&mut out, s);
+    out
+}
 
+/// The backlog per Kafka topic (the largest `admin.topics_limit`, then `other`): one
+/// family per figure, a sample per topic.
+pub(crate) fn render_topics(out: &mut String, page: &crate::TopicsPage) {
+    let label = |t: &str| format!("{{topic=\"{}\"}}", escape_label(t));
+    let rows: Vec<(String, &crate::TopicRow)> = page
+        .topics
+        .iter()
+        .map(|r| {
+            let name = if r.route_error.is_some() {
+                "(no route)"
+            } else {
+                r.topic.as_str()
+            };
+            (label(name), r)
+        })
+        .collect();
+    let other = page.other.as_ref().map(|o| (label("(other)"), o));
+    for (name, help, value) in [
+        (
+            "mkg_backlog_topic_records",
+            "Records waiting per Kafka topic (as routed now; the largest admin.topics_limit, the rest as topic=\"(other)\").",
+            (|r: &crate::TopicRow| r.records) as fn(&crate::TopicRow) -> u64,
+        ),
+        (
+            "mkg_backlog_topic_bytes",
+            "Encoded bytes waiting per Kafka topic.",
+            |r: &crate::TopicRow| r.bytes,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (l, r) in &rows {
+            let _ = writeln!(out, "{name}{l} {}", value(r));
+        }
+        if let Some((l, o)) = &other {
+            let v = if name.ends_with("records") { o.records } else { o.bytes };
+            let _ = writeln!(out, "{name}{l} {v}");
+        }
+    }
+    let name = "mkg_backlog_topic_oldest_age_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Age of the oldest record waiting per Kafka topic (absent when not found among the oldest 100,000 records).\n# TYPE {name} gauge"
+    );
+    for (l, r) in &rows {
+        if let Some(age) = r.oldest_age_seconds {
+            let _ = writeln!(out, "{name}{l} {}", float(age));
+        }
+    }
+}
+
+fn build_info(out: &mut String, s: &Snapshot) {
     let labels = format!(
         "{{version=\"{}\",gateway_id=\"{}\"}}",
         escape_label(&s.version),
         escape_label(&s.gateway_id)
     );
     family(
-        &mut out,
+        out,
         "mkg_build_info",
         "Gateway version and id; the value is always 1.",
         "gauge",
         &labels,
         "1",
     );
-    out
 }
 
 fn family(out: &mut String, name: &str, help: &str, kind: &str, labels: &str, value: &str) {
@@ -289,6 +342,106 @@ mod tests {
                 "missing {line:?} in\n{text}"
             );
         }
+    }
+
+    /// Every metric the example alerts and the Grafana dashboard in docs/ use is one
+    /// the gateway exports (with every forecast known and a per-topic backlog).
+    #[test]
+    fn the_docs_use_only_exported_metrics() {
+        let s = Snapshot {
+            rates: crate::Rates {
+                ingest_1m: Some(1.0),
+                ingest_5m: Some(1.0),
+                drain_1m: Some(1.0),
+                drain_5m: Some(1.0),
+                eta_empty_seconds: Some(1.0),
+                disk_free_bytes: Some(1),
+                disk_headroom_bytes: Some(1),
+                backlog_growth_bytes_per_second: Some(1.0),
+                eta_ingest_pause_seconds: Some(1.0),
+            },
+            ..Snapshot::default()
+        };
+        let mut text = render(&s);
+        let page = crate::TopicsPage::top(
+            crate::GroupBy::Kafka,
+            5,
+            vec![crate::TopicRow {
+                topic: "t".into(),
+                records: 1,
+                oldest_age_seconds: Some(1.0),
+                ..Default::default()
+            }],
+        );
+        render_topics(&mut text, &page);
+        let exported: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/");
+        for doc in ["prometheus-alerts.yml", "grafana-dashboard.json"] {
+            let body = std::fs::read_to_string(format!("{dir}{doc}")).unwrap();
+            let mut used = 0;
+            for (i, _) in body.match_indices("mkg_") {
+                let name: String = body[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|x| name.strip_suffix(x))
+                    .unwrap_or(&name);
+                assert!(
+                    exported.contains(base),
+                    "{doc} uses {name}, which is not exported"
+                );
+                used += 1;
+            }
+            assert!(used > 5, "{doc}: only {used} metrics found");
+        }
+    }
+
+    #[test]
+    fn topics_render_one_sample_per_row_and_other() {
+        let mut page = crate::TopicsPage::top(
+            crate::GroupBy::Kafka,
+            1,
+            vec![
+                crate::TopicRow {
+                    topic: "tele\"metry".into(),
+                    records: 5,
+                    bytes: 50,
+                    oldest_age_seconds: Some(2.5),
+                    ..Default::default()
+                },
+                crate::TopicRow {
+                    topic: "alarms".into(),
+                    records: 1,
+                    bytes: 10,
+                    ..Default::default()
+                },
+            ],
+        );
+        page.oldest_scan.complete = true;
+        let mut out = String::new();
+        render_topics(&mut out, &page);
+        assert!(
+            out.contains("mkg_backlog_topic_records{topic=\"tele\\\"metry\"} 5\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("mkg_backlog_topic_bytes{topic=\"(other)\"} 10\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("mkg_backlog_topic_oldest_age_seconds{topic=\"tele\\\"metry\"} 2.5\n"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("oldest_age_seconds{topic=\"(other)\"}"),
+            "{out}"
+        );
     }
 
     #[test]

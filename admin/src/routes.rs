@@ -201,11 +201,14 @@ fn respond(route: Route, query: Option<&str>, source: &dyn Source) -> Response<F
             )
         }
         Route::Status => json(StatusCode::OK, &source.snapshot()),
-        Route::Metrics => text(
-            StatusCode::OK,
-            CONTENT_TYPE_PROMETHEUS,
-            crate::metrics::render(&source.snapshot()).into_bytes(),
-        ),
+        Route::Metrics => {
+            let mut body = crate::metrics::render(&source.snapshot());
+            // A WAL that cannot be read now leaves these out; the rest still answers.
+            if let Ok(page) = source.backlog_topics(&TopicsQuery::default()) {
+                crate::metrics::render_topics(&mut body, &page);
+            }
+            text(StatusCode::OK, CONTENT_TYPE_PROMETHEUS, body.into_bytes())
+        }
     }
 }
 

@@ -121,6 +121,17 @@ pub fn backlog_per_topic_and_time_to_empty_through_an_outage() -> Result<(), Fai
             "backlog --topics --by mqtt: exit {code:?}\n{out}"
         )));
     }
+    // /metrics: the same rows as gauges.
+    let (_, metrics) = harness::http_get(gw.admin, "/metrics")?;
+    for want in [
+        format!("mkg_backlog_topic_records{{topic=\"{}\"}} 1200\n", names[0]),
+        format!("mkg_backlog_topic_records{{topic=\"{}\"}} 800\n", names[1]),
+        "mkg_backlog_topic_records{topic=\"(other)\"} 400\n".to_string(),
+    ] {
+        if !metrics.contains(&want) {
+            return Err(fail(format!("no {want:?} in /metrics:\n{metrics}")));
+        }
+    }
     // Nothing drains while Kafka is down: no time to empty.
     if !gw.json("/backlog")["rates"]["eta_empty_seconds"].is_null() {
         return Err(fail(format!(
