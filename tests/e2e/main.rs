@@ -17,6 +17,7 @@ mod broker_state;
 mod clock;
 mod common;
 mod config_errors;
+mod console_page;
 mod dead_letters;
 mod faults;
 mod mosquitto_restart;
@@ -74,6 +75,7 @@ fn main() {
         admin_auth::admin_token_guards_the_api_and_rotates_on_sighup,
         peek::records_pages_the_backlog_with_previews,
         dead_letters::dead_letters_listed_replayed_and_purged,
+        console_page::operator_console_in_a_real_browser,
         faults::kafka_down_at_start_backlog_then_drains,
         faults::sigkill_mid_stream_loses_nothing,
         faults::sigterm_drains_and_exits_0,
