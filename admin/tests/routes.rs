@@ -553,7 +553,7 @@ async fn the_console_page_is_served_without_a_token_and_holds_no_data() {
             assert!(body.contains(&format!("id=\"{id}\"")), "no #{id}");
         }
         // Small: it is compiled into the binary and fetched over slow uplinks.
-        assert!(body.len() < 32 * 1024, "{} bytes", body.len());
+        assert!(body.len() < 30 * 1024, "{} bytes", body.len());
         assert_eq!(
             header_of(&resp, header::CONTENT_LENGTH),
             body.len().to_string()

@@ -205,9 +205,29 @@ impl Browser {
         base64_decode(v.as_str().ok_or_else(|| anyhow!("screenshot: {v}"))?)
     }
 
-    /// Write the viewport as a PNG to `path` (directories created).
-    pub fn save_screenshot(&self, path: &Path) -> anyhow::Result<PathBuf> {
-        let png = self.screenshot()?;
+    /// The whole page, not just the viewport, as a PNG (Chromium's DevTools protocol
+    /// through chromedriver).
+    pub fn full_page_screenshot(&self) -> anyhow::Result<Vec<u8>> {
+        let metrics = self.cdp("Page.getLayoutMetrics", json!({}))?;
+        let size = &metrics["cssContentSize"];
+        let (w, h) = (size["width"].as_f64(), size["height"].as_f64());
+        let (Some(w), Some(h)) = (w, h) else {
+            bail!("no page size in {metrics}");
+        };
+        let shot = self.cdp(
+            "Page.captureScreenshot",
+            json!({"format": "png", "captureBeyondViewport": true,
+                   "clip": {"x": 0, "y": 0, "width": w, "height": h, "scale": 1}}),
+        )?;
+        base64_decode(
+            shot["data"]
+                .as_str()
+                .ok_or_else(|| anyhow!("screenshot: {shot}"))?,
+        )
+    }
+
+    /// Write `png` to `path` (directories created).
+    pub fn save_png(path: &Path, png: &[u8]) -> anyhow::Result<PathBuf> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -225,14 +245,21 @@ impl Browser {
         scale: f64,
         mobile: bool,
     ) -> anyhow::Result<()> {
+        self.cdp(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": height, "deviceScaleFactor": scale, "mobile": mobile}),
+        )?;
+        Ok(())
+    }
+
+    /// A DevTools protocol command (chromedriver's `goog/cdp/execute`).
+    fn cdp(&self, cmd: &str, params: Value) -> anyhow::Result<Value> {
         self.cmd(
             "POST",
             "/goog/cdp/execute",
-            json!({"cmd": "Emulation.setDeviceMetricsOverride", "params": {
-                "width": width, "height": height, "deviceScaleFactor": scale, "mobile": mobile,
-            }}),
-        )?;
-        Ok(())
+            json!({"cmd": cmd, "params": params}),
+        )
+        .with_context(|| format!("DevTools {cmd}"))
     }
 
     /// What the page wrote to the console, and the browser's own messages about it
