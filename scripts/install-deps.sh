@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the integration tests and demos need to run real brokers:
 #   - Debian packages mosquitto, mosquitto-clients, kcat, faketime (only if missing);
+#   - Debian packages chromium and chromium-driver (headless browser and its
+#     WebDriver, for the operator console's end-to-end test; only if missing);
 #   - keeps Debian's mosquitto *system service* stopped and disabled (tests
 #     start their own mosquitto processes; the service would hold port 1883);
 #   - Java >= 17 and Maven (openjdk-17-jre-headless, maven if missing);
@@ -75,6 +77,17 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     apt_install "${missing[@]}"
 else
     say "mosquitto, mosquitto-clients, kcat, faketime, build tools: already installed"
+fi
+# A real headless browser for the operator console's end-to-end test
+# (tests/e2e/console_page.rs drives it through chromedriver's WebDriver API).
+missing=()
+for p in chromium chromium-driver; do
+    pkg_installed "$p" || missing+=("$p")
+done
+if [[ ${#missing[@]} -gt 0 ]]; then
+    apt_install "${missing[@]}"
+else
+    say "chromium, chromium-driver: already installed"
 fi
 if ! command -v cargo >/dev/null 2>&1 && [[ ! -x $HOME/.cargo/bin/cargo ]]; then
     die "Rust is not installed: install it with rustup (https://rustup.rs), then re-run"

@@ -1,5 +1,6 @@
 //! Admin HTTP API of the gateway: health, readiness, backlog (with rates and
-//! forecasts), history, records, dead letters, status and metrics.
+//! forecasts), history, records, dead letters, status and metrics, and the operator
+//! console (`GET /`, a page that reads them).
 //!
 //! This crate owns HTTP and nothing else. The gateway hands it a [`Source`] that
 //! produces a [`Snapshot`] of its state; the admin server never reaches into the WAL
@@ -12,8 +13,10 @@
 //!   refused with 413 before anything else happens.
 //! - The routes that change something (`POST /dead-letters/replay`, `/purge`) need the
 //!   token, and are refused (403) when none is configured.
-//! - Every route but `/healthz` and `/readyz` asks for the bearer token once one is
-//!   configured ([`Access`]); the token is compared in constant time and never logged.
+//! - Every route but `/healthz`, `/readyz` and the console page `/` asks for the
+//!   bearer token once one is configured ([`Access`]); the token is compared in
+//!   constant time and never logged. The page holds no data: its script asks for the
+//!   token and sends it with each request.
 //! - `/healthz` does not call [`Source::snapshot`]: liveness must not depend on the
 //!   gateway's internals, only on this server answering.
 //! - [`handle`] never panics on client input; hyper has already rejected malformed
@@ -22,6 +25,7 @@
 mod access;
 mod counters;
 mod metrics;
+mod page;
 mod records;
 mod routes;
 mod server;

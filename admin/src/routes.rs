@@ -24,9 +24,11 @@ const ALLOW_CHANGE: &str = "POST";
 const CONTENT_TYPE_JSON: &str = "application/json";
 const CONTENT_TYPE_TEXT: &str = "text/plain; charset=utf-8";
 const CONTENT_TYPE_PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+const CONTENT_TYPE_HTML: &str = "text/html; charset=utf-8";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
+    Page,
     Healthz,
     Readyz,
     Backlog,
@@ -42,6 +44,7 @@ enum Route {
 
 /// The whole API surface; adding a route means one line here and one arm in `respond`.
 const ROUTES: &[(&str, Route)] = &[
+    ("/", Route::Page),
     ("/healthz", Route::Healthz),
     ("/readyz", Route::Readyz),
     ("/backlog", Route::Backlog),
@@ -56,9 +59,10 @@ const ROUTES: &[(&str, Route)] = &[
 ];
 
 impl Route {
-    /// Probes answer without a token: they reveal only "up" and why not ready.
+    /// Probes answer without a token: they reveal only "up" and why not ready. The
+    /// console page holds no data (its script fetches the other routes with the token).
     fn is_open(self) -> bool {
-        matches!(self, Route::Healthz | Route::Readyz)
+        matches!(self, Route::Healthz | Route::Readyz | Route::Page)
     }
 
     /// Routes that change the gateway's state: `POST`, and only with a token.
@@ -165,6 +169,7 @@ where
 
 fn respond(route: Route, query: Option<&str>, source: &dyn Source) -> Response<Full<Bytes>> {
     match route {
+        Route::Page => page_html(),
         Route::Records => page(query, |q| source.records(q)),
         Route::History => json(StatusCode::OK, &source.history()),
         Route::BacklogTopics => match TopicsQuery::parse(query) {
@@ -395,6 +400,30 @@ fn text(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Respon
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     // Stats are live; an intermediary serving a cached copy would mislead operators.
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// The console page, with a policy that lets it run only its own inline script and
+/// style and talk only to this origin.
+fn page_html() -> Response<Full<Bytes>> {
+    let mut resp = text(
+        StatusCode::OK,
+        CONTENT_TYPE_HTML,
+        crate::page::HTML.as_bytes().to_vec(),
+    );
+    let headers = resp.headers_mut();
+    if let Ok(csp) = HeaderValue::from_str(crate::page::content_security_policy()) {
+        headers.insert(header::CONTENT_SECURITY_POLICY, csp);
+    }
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     resp
 }
 

@@ -217,3 +217,17 @@ async fn cancel_before_any_connection_returns() {
     let server = start(FakeSource::new(healthy())).await;
     stop(server).await;
 }
+
+#[tokio::test]
+async fn the_console_page_over_http_with_a_token_configured() {
+    let server = start(FakeSource::with_token(healthy(), "t0k3n")).await;
+    let r = request(server.addr, "GET", "/", "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["content-type"], "text/html; charset=utf-8");
+    assert!(r.headers["content-security-policy"].starts_with("default-src 'none'; "));
+    assert!(r.body.starts_with("<!doctype html>"));
+    // What the page then fetches still needs the token.
+    let r = request(server.addr, "GET", "/status", "").await;
+    assert_eq!(r.status, 401);
+    stop(server).await;
+}

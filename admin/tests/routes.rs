@@ -326,8 +326,9 @@ async fn unknown_path_is_404_json() {
     assert_eq!(header_of(&resp, header::CONTENT_TYPE), "application/json");
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v, json!({"error": "not found", "path": "/nope%22%5C/x"}));
-    // Prefixes and trailing slashes are distinct paths, not aliases.
-    for path in ["/", "/healthz/", "/metricsx", "/HEALTHZ"] {
+    // Prefixes and trailing slashes are distinct paths, not aliases (`/` is the
+    // console page, and only `/`).
+    for path in ["/index.html", "//", "/healthz/", "/metricsx", "/HEALTHZ"] {
         let (status, _, _) = call(&src, get(path)).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
     }
@@ -505,4 +506,86 @@ async fn history_answers_what_the_source_keeps() {
     let src = FakeSource::with_token(healthy(), "t");
     let (status, _, _) = call(&src, get("/history")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+/// The console page's policy: nothing but its own inline script and style, and fetches
+/// to this origin.
+fn assert_strict_policy(resp: &Response<()>) {
+    let csp = header_of(resp, header::CONTENT_SECURITY_POLICY);
+    for part in [
+        "default-src 'none'",
+        "script-src 'sha256-",
+        "style-src 'sha256-",
+        "connect-src 'self'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(part), "{part} missing from {csp:?}");
+    }
+    assert!(!csp.contains("unsafe"), "{csp}");
+    assert_eq!(header_of(resp, header::X_CONTENT_TYPE_OPTIONS), "nosniff");
+    assert_eq!(header_of(resp, header::REFERRER_POLICY), "no-referrer");
+}
+
+#[tokio::test]
+async fn the_console_page_is_served_without_a_token_and_holds_no_data() {
+    for src in [
+        FakeSource::new(healthy()),
+        FakeSource::with_token(healthy(), "t0k3n"),
+    ] {
+        let (status, resp, body) = call(&src, get("/")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            header_of(&resp, header::CONTENT_TYPE),
+            "text/html; charset=utf-8"
+        );
+        assert_eq!(header_of(&resp, header::CACHE_CONTROL), "no-store");
+        assert_strict_policy(&resp);
+        assert!(body.starts_with("<!doctype html>"), "{}", &body[..40]);
+        assert!(body.contains("name=\"viewport\""));
+        for id in [
+            "backlog-records",
+            "kafka-state",
+            "dl-replay",
+            "peek-rows",
+            "token",
+        ] {
+            assert!(body.contains(&format!("id=\"{id}\"")), "no #{id}");
+        }
+        // Small: it is compiled into the binary and fetched over slow uplinks.
+        assert!(body.len() < 30 * 1024, "{} bytes", body.len());
+        assert_eq!(
+            header_of(&resp, header::CONTENT_LENGTH),
+            body.len().to_string()
+        );
+        // No gateway state in it: it never reads the snapshot, and the same page
+        // comes back whatever the gateway's state.
+        assert!(!body.contains("edge-7"));
+        assert_eq!(src.reads(), 0);
+
+        let (status, head, head_body) = call(&src, req(Method::HEAD, "/")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(head_body, "");
+        assert_eq!(
+            header_of(&head, header::CONTENT_LENGTH),
+            body.len().to_string()
+        );
+        assert_strict_policy(&head);
+
+        for method in [Method::POST, Method::PUT, Method::DELETE] {
+            let (status, resp, _) = call(&src, req(method.clone(), "/")).await;
+            assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method}");
+            assert_eq!(header_of(&resp, header::ALLOW), "GET, HEAD");
+        }
+    }
+    // With a token, the page is open but what it reads is not.
+    let src = FakeSource::with_token(healthy(), "t0k3n");
+    let (status, _, _) = call(&src, get("/?token=t0k3n")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = call(&src, get("/status?token=t0k3n")).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "a token in the URL is no token"
+    );
 }

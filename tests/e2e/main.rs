@@ -19,6 +19,7 @@ mod broker_state;
 mod clock;
 mod common;
 mod config_errors;
+mod console_page;
 mod dead_letters;
 mod faults;
 mod mosquitto_restart;
@@ -78,6 +79,7 @@ fn main() {
         peek::records_pages_the_backlog_with_previews,
         backlog_topics::backlog_per_topic_and_time_to_empty_through_an_outage,
         dead_letters::dead_letters_listed_replayed_and_purged,
+        console_page::operator_console_in_a_real_browser,
         faults::kafka_down_at_start_backlog_then_drains,
         faults::sigkill_mid_stream_loses_nothing,
         faults::sigterm_drains_and_exits_0,
