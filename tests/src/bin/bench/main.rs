@@ -7,7 +7,9 @@
 //!
 //! 1. ingest: Mosquitto's delivery ceiling (the better of `mosquitto_sub -q 1` and a
 //!    rumqttc subscriber, `mqttsub`; both acknowledge at once) vs the gateway's durable
-//!    ingest (committed and PUBACKed) with Kafka down;
+//!    ingest (committed and PUBACKed) with Kafka down, and the same while a client
+//!    pages through the backlog (`/records`, `/backlog/topics`) in a loop, against the
+//!    mean of the runs without paging before and after it;
 //! 2. drain: a WAL backlog forwarded to Kafka vs `kcat -P` (and `kprod`, the same on
 //!    the gateway's librdkafka) producing the same records from a file;
 //! 3. end to end: `loadgen` -> Mosquitto -> gateway -> Kafka vs the naive, not durable

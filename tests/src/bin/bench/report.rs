@@ -101,6 +101,7 @@ pub fn render(r: &Results) -> (String, bool) {
         ir as f64 >= 0.9 * cr as f64,
     );
     let pr = r.n("ingest_paged_rate");
+    let without = (ir + r.n("ingest_again_rate")) / 2;
     row(
         1,
         format!(
@@ -108,10 +109,10 @@ pub fn render(r: &Results) -> (String, bool) {
             t(r.n("ingest_paged_pages"))
         ),
         format!("{} msg/s", t(pr)),
-        &format!("{} msg/s (without)", t(ir)),
-        format!("{:.2}", pr as f64 / ir.max(1) as f64),
+        &format!("{} msg/s (without, before and after)", t(without)),
+        format!("{:.2}", pr as f64 / without.max(1) as f64),
         ">= 0.95",
-        pr as f64 >= 0.95 * ir as f64,
+        pr as f64 >= 0.95 * without as f64,
     );
     let (dr, kr) = (r.n("drain_rate"), r.n("kcat_rate"));
     let backlog = t(r.n("walfill_backlog.records"));
@@ -253,8 +254,8 @@ pub fn render(r: &Results) -> (String, bool) {
             t(kr), t(kp), dr as f64 / kp.max(1) as f64
         ),
         format!(
-            "ceilings in 1: mosquitto_sub -q 1 {} msg/s, rumqttc subscriber (mqttsub) {} msg/s",
-            t(r.n("ceiling_c_rate")), t(r.n("ceiling_rust_rate"))
+            "ceilings in 1: mosquitto_sub -q 1 {} msg/s, rumqttc subscriber (mqttsub) {} msg/s; gateway ingest without paging {} msg/s before the paged run, {} msg/s after it",
+            t(r.n("ceiling_c_rate")), t(r.n("ceiling_rust_rate")), t(ir), t(r.n("ingest_again_rate"))
         ),
         format!(
             "CPU us/msg in 1: ceiling (mosquitto_sub run): Mosquitto {}, mosquitto_sub {}; ingest: Mosquitto {}, gateway {} ({})",
