@@ -29,6 +29,7 @@ mod peek;
 mod policies;
 mod qos2;
 mod reload;
+mod secured;
 mod systemd;
 mod timestamps;
 mod unknown_topic;
@@ -100,6 +101,7 @@ fn main() {
         policies::wal_cap_blocks_then_loses_nothing,
         policies::expired_records_are_dead_lettered_or_dropped,
         reload::sighup_reloads_what_can_change_live,
+        secured::password_file_and_acl,
         unknown_topic::unknown_topics_are_held_then_delivered_or_parked,
         wal_faults::slow_fsync_sigkill_mid_commit_loses_nothing,
         wal_faults::wal_io_errors_not_acked_then_reopened,

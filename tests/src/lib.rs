@@ -194,6 +194,56 @@ impl Mosquitto {
         m
     }
 
+    /// Start one that asks for a user name and password (`allow_anonymous false`, a
+    /// `password_file` made with `mosquitto_passwd` for `users`) and applies the ACL
+    /// `acl` (`acl_file`), as a secured site's broker is set up.
+    pub fn start_secured(users: &[(&str, &str)], acl: &str) -> Self {
+        ensure_deps();
+        let dir = tempfile::Builder::new()
+            .prefix("mkg-mosq")
+            .tempdir()
+            .unwrap();
+        let passwd = dir.path().join("passwd");
+        let acl_file = dir.path().join("acl");
+        std::fs::write(&acl_file, acl).unwrap();
+        let m = Self {
+            port: free_port(),
+            extra_conf: format!(
+                "allow_anonymous false\npassword_file {}\nacl_file {}\nlog_type notice\n",
+                passwd.display(),
+                acl_file.display()
+            ),
+            dir,
+        };
+        std::fs::write(&passwd, "").unwrap();
+        for (user, password) in users {
+            m.set_password(user, password);
+        }
+        m.start_again();
+        m
+    }
+
+    /// Set `user`'s password in a secured broker's password file (see
+    /// [`Mosquitto::start_secured`]) and, if it runs, make it read the file again
+    /// (SIGHUP): connections made from now on need the new password.
+    pub fn set_password(&self, user: &str, password: &str) {
+        let passwd = self.dir.path().join("passwd");
+        let out = Command::new("mosquitto_passwd")
+            .arg("-b")
+            .arg(&passwd)
+            .args([user, password])
+            .output()
+            .expect("mosquitto_passwd (scripts/install-deps.sh installs mosquitto)");
+        assert!(
+            out.status.success(),
+            "mosquitto_passwd: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if let Some(pid) = self.pid() {
+            kill(pid, libc::SIGHUP);
+        }
+    }
+
     /// Start it again after [`Mosquitto::kill`] (same port, same persistence file).
     pub fn start_again(&self) {
         let dir = self.dir.path().to_str().unwrap().to_string();
@@ -635,7 +685,19 @@ pub fn publish(
     messages: &[(String, Vec<u8>)],
     timeout: Duration,
 ) -> Vec<Published> {
+    publish_as(port, None, qos, messages, timeout)
+}
+
+/// [`publish`] as `login` (user name, password) on a broker that asks for one.
+pub fn publish_as(
+    port: u16,
+    login: Option<(&str, &str)>,
+    qos: u8,
+    messages: &[(String, Vec<u8>)],
+    timeout: Duration,
+) -> Vec<Published> {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let login = login.map(|(u, p)| (u.to_string(), p.to_string()));
     let qos_v = match qos {
         0 => QoS::AtMostOnce,
         1 => QoS::AtLeastOnce,
@@ -648,6 +710,9 @@ pub fn publish(
             .set_inflight(200)
             .set_max_packet_size(64 << 20, 64 << 20)
             .set_clean_session(true);
+        if let Some((user, password)) = login {
+            o.set_credentials(user, password);
+        }
         let (client, mut el) = AsyncClient::new(o, 1000);
         let n = messages.len();
         let sender = {
