@@ -23,6 +23,7 @@ mod console_page;
 mod dead_letters;
 mod faults;
 mod mosquitto_restart;
+mod mqtt_tls;
 mod order;
 mod outage;
 mod peek;
@@ -102,6 +103,7 @@ fn main() {
         policies::expired_records_are_dead_lettered_or_dropped,
         reload::sighup_reloads_what_can_change_live,
         secured::password_file_and_acl,
+        mqtt_tls::tls_and_mutual_tls_to_mosquitto,
         unknown_topic::unknown_topics_are_held_then_delivered_or_parked,
         wal_faults::slow_fsync_sigkill_mid_commit_loses_nothing,
         wal_faults::wal_io_errors_not_acked_then_reopened,

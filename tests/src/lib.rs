@@ -17,6 +17,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub mod browser;
+pub mod certs;
 pub mod checker;
 pub mod config;
 pub mod publisher;
