@@ -1,13 +1,13 @@
 //! TLS to a real Mosquitto with certificates made for the test: `ssl://` with the CA
 //! in `mqtt.tls.ca_file` carries messages end to end; a broker certificate from
-//! another CA and one for another host name are refused with a message that says
-//! which; with `require_certificate true` and `use_identity_as_username true` the
+//! another CA, one for another host name and an expired one are refused with a message
+//! that says which; with `require_certificate true` and `use_identity_as_username true` the
 //! gateway's client certificate gets it in, and without one it is refused.
 
 use std::path::Path;
 use std::time::Duration;
 
-use harness::certs::{make_ca, make_cert};
+use harness::certs::{make_ca, make_cert, make_expired_cert};
 use harness::config::{GatewayConfig, Value};
 use harness::{free_port, Gateway, Mosquitto};
 use libtest_mimic::Failed;
@@ -79,6 +79,7 @@ pub fn tls_and_mutual_tls_to_mosquitto() -> Result<(), Failed> {
         "DNS:elsewhere.example",
     )?;
     make_cert(&certs, "ca", "gw", "gw", "DNS:gw")?;
+    make_expired_cert(&certs, "ca", "expired", "localhost", "DNS:localhost")?;
     let p = |f: &str| certs.join(f).display().to_string();
 
     // TLS with the CA: end to end (published on the broker's plain listener).
@@ -106,6 +107,13 @@ pub fn tls_and_mutual_tls_to_mosquitto() -> Result<(), Failed> {
     let uri = format!("ssl://localhost:{tls_port}");
     let why = refused_with(&site, &gateway_cfg(&site, &uri, &ca_only), "name")?;
     eprintln!("another host name: {why}");
+    drop(mqtt);
+
+    // An expired certificate.
+    let (mqtt, tls_port) = tls_broker(&certs, "expired", false);
+    let uri = format!("ssl://localhost:{tls_port}");
+    let why = refused_with(&site, &gateway_cfg(&site, &uri, &ca_only), "expired")?;
+    eprintln!("expired: {why}");
     drop(mqtt);
 
     // Mutual TLS: the broker asks for a client certificate and takes its CN as the

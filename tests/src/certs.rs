@@ -45,32 +45,14 @@ pub fn make_ca(dir: &Path, ca: &str) -> Result<(), String> {
 }
 
 /// `NAME.pem` / `NAME.key` in `dir`, for common name `cn` and the subject alternative
-/// names `san` (e.g. `DNS:localhost,IP:127.0.0.1`), signed by the CA `ca`.
+/// names `san` (e.g. `DNS:localhost,IP:127.0.0.1`), signed by the CA `ca`, valid two days.
 pub fn make_cert(dir: &Path, ca: &str, name: &str, cn: &str, san: &str) -> Result<(), String> {
-    let ext = format!("{name}.ext");
-    std::fs::write(dir.join(&ext), format!("subjectAltName={san}\n")).map_err(|e| e.to_string())?;
-    let (key, csr, pem) = (
-        format!("{name}.key"),
+    make_csr(dir, name, cn, san)?;
+    let (ext, csr, pem) = (
+        format!("{name}.ext"),
         format!("{name}.csr"),
         format!("{name}.pem"),
     );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            &format!("/CN={cn}"),
-        ],
-    )?;
     openssl(
         dir,
         &[
@@ -89,6 +71,76 @@ pub fn make_cert(dir: &Path, ca: &str, name: &str, cn: &str, san: &str) -> Resul
             "2",
             "-extfile",
             &ext,
+        ],
+    )
+}
+
+/// [`make_cert`], but valid only on 1 and 2 January 2020: expired.
+pub fn make_expired_cert(
+    dir: &Path,
+    ca: &str,
+    name: &str,
+    cn: &str,
+    san: &str,
+) -> Result<(), String> {
+    make_csr(dir, name, cn, san)?;
+    // `openssl x509 -req` cannot set a start date (OpenSSL 3.0): `openssl ca` can.
+    std::fs::write(
+        dir.join("ca.cnf"),
+        "[ca]\ndefault_ca = d\n[d]\ndatabase = index.txt\nnew_certs_dir = .\nserial = serial\n\
+         default_md = sha256\npolicy = p\n[p]\ncommonName = supplied\n",
+    )
+    .map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("index.txt"), "").map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("serial"), "1000\n").map_err(|e| e.to_string())?;
+    openssl(
+        dir,
+        &[
+            "ca",
+            "-batch",
+            "-config",
+            "ca.cnf",
+            "-cert",
+            &format!("{ca}.pem"),
+            "-keyfile",
+            &format!("{ca}.key"),
+            "-in",
+            &format!("{name}.csr"),
+            "-out",
+            &format!("{name}.pem"),
+            "-startdate",
+            "20200101000000Z",
+            "-enddate",
+            "20200102000000Z",
+            "-extfile",
+            &format!("{name}.ext"),
+            "-notext",
+        ],
+    )
+}
+
+/// A key `NAME.key`, a request `NAME.csr` for `cn` and the extension file `NAME.ext`.
+fn make_csr(dir: &Path, name: &str, cn: &str, san: &str) -> Result<(), String> {
+    std::fs::write(
+        dir.join(format!("{name}.ext")),
+        format!("subjectAltName={san}\n"),
+    )
+    .map_err(|e| e.to_string())?;
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={cn}"),
         ],
     )
 }
