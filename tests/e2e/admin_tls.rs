@@ -9,95 +9,18 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use harness::certs::{make_ca, make_cert};
 use harness::config::{GatewayConfig, Value};
 use harness::{free_port, http_get, run_gateway_cmd, wait_until, Gateway, Mosquitto};
 use libtest_mimic::Failed;
 
 use crate::{bin, fail};
 
-fn openssl(dir: &Path, args: &[&str]) -> Result<(), Failed> {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()?;
-    if !out.status.success() {
-        return Err(fail(format!(
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
-    Ok(())
-}
-
 /// A CA, and `name`.pem / `name`.key signed by it for localhost and 127.0.0.1.
 fn make_certs(dir: &Path, names: &[&str]) -> Result<(), Failed> {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=mkg test CA",
-        ],
-    )?;
-    std::fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-    )?;
+    make_ca(dir, "ca")?;
     for name in names {
-        let (key, csr, pem) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-        );
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                "/CN=localhost",
-            ],
-        )?;
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &pem,
-                "-days",
-                "2",
-                "-extfile",
-                "san.ext",
-            ],
-        )?;
+        make_cert(dir, "ca", name, "localhost", "DNS:localhost,IP:127.0.0.1")?;
     }
     Ok(())
 }
