@@ -121,10 +121,24 @@ pub fn sighup_reloads_what_can_change_live() -> Result<(), Failed> {
     // r/a/# removed: unsubscribed. A message there is not taken; one on r/b after it is.
     let third = second.topics(&[("r/b/#", 1)]);
     write_config(&gw, &third.toml(), new_admin)?;
+    let changed = |gw: &Gateway| {
+        gw.log()
+            .matches("MQTT subscriptions changed by the configuration reload")
+            .count()
+    };
+    let changes = changed(&gw);
     gw.signal(libc::SIGHUP);
     wait_until("the third reload", Duration::from_secs(30), || {
         reloads(new_admin) == Some(2)
     });
+    // The reload is counted before the ingest takes it: wait for the ingest's line,
+    // then for the broker to acknowledge the new subscriptions (an UNSUBSCRIBE goes
+    // out before them on the same connection, so it is done by then).
+    wait_until(
+        "the ingest to take the reload",
+        Duration::from_secs(30),
+        || changed(&gw) > changes,
+    );
     gw.wait_ready();
     let before = admin_u64(new_admin, "/status", "/counters/mqtt_messages_received");
     site.publish_all(

@@ -127,6 +127,11 @@ impl Ingest {
             .filter(|old| !subscriptions.iter().any(|s| s.path == old.path))
             .map(|s| s.path.clone())
             .collect();
+        // Not subscribed as configured until the broker acknowledges the change; set
+        // before the log line, so that whoever sees the line sees /readyz wait too.
+        if self.connected {
+            self.shared.mqtt_subscribed.store(false, Relaxed);
+        }
         tracing::info!(
             subscriptions = %subscriptions.iter().map(|s| format!("{} (QoS {})", s.path, qos_u8(s.qos))).collect::<Vec<_>>().join(", "),
             unsubscribed = %gone.join(", "),
@@ -145,7 +150,6 @@ impl Ingest {
                     tracing::error!(error = %e, "cannot queue UNSUBSCRIBE");
                 }
             }
-            self.shared.mqtt_subscribed.store(false, Relaxed);
             if let Err(e) = self.client.try_subscribe_many(self.subscriptions.clone()) {
                 tracing::error!(error = %e, "cannot queue SUBSCRIBE");
             }
