@@ -385,6 +385,17 @@ impl Kafka {
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
+
+    /// The broker log's last `n` lines that say something went wrong or changed
+    /// state (WARN, ERROR, fencing), for a failing test to show.
+    pub fn log_excerpt(&self, n: usize) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("kafka.log")).unwrap_or_default();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("enc"))
+            .collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
 }
 
 impl Drop for Kafka {
