@@ -79,6 +79,7 @@ pub fn merge(old: &Loaded, new: &Loaded) -> (Loaded, Vec<&'static str>) {
         "mqtt.reconnect_max_delay" => mqtt.reconnect_max_delay,
         "kafka.bootstrap_servers" => kafka.bootstrap_servers,
         "kafka.properties" => kafka.properties,
+        "kafka.sasl_password_file" => kafka.sasl_password_file,
         "wal.dir" => wal.dir,
         "wal.max_batch_records" => wal.max_batch_records,
         "wal.max_batch_bytes" => wal.max_batch_bytes,
@@ -93,6 +94,9 @@ pub fn merge(old: &Loaded, new: &Loaded) -> (Loaded, Vec<&'static str>) {
     // A changed password file's contents count too.
     if e.mqtt.password_file.is_some() && old.password != new.password {
         restart.push("mqtt.password_file (contents)");
+    }
+    if e.kafka.sasl_password_file.is_some() && old.kafka_sasl_password != new.kafka_sasl_password {
+        restart.push("kafka.sasl_password_file (contents)");
     }
     (eff, restart)
 }

@@ -169,6 +169,10 @@ pub struct KafkaConfig {
     /// librdkafka properties passed through (TLS, SASL, compression, linger...).
     #[serde(default)]
     pub properties: BTreeMap<String, PropertyValue>,
+    /// File holding the SASL password (librdkafka's `sasl.password`; trailing newline
+    /// ignored), so that the main file holds no secret. Never logged.
+    #[serde(default)]
+    pub sasl_password_file: Option<PathBuf>,
 }
 
 /// One topic mapping.

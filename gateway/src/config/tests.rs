@@ -91,6 +91,33 @@ fn password_is_never_in_debug_output() {
 }
 
 #[test]
+fn kafka_sasl_password_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("kafka.pw");
+    std::fs::write(&pw, "k-s3cr3t\n").unwrap();
+    let l = load(&format!(
+        "[kafka]\nsasl_password_file = \"{}\"\n[kafka.properties]\n\"sasl.username\" = \"gw\"\n",
+        pw.display()
+    ))
+    .unwrap();
+    assert_eq!(l.kafka_sasl_password.as_ref().unwrap().expose(), "k-s3cr3t");
+    assert!(!format!("{l:?}").contains("k-s3cr3t"));
+    assert!(!l.producer_properties.iter().any(|(k, _)| k == "sasl.password"));
+    // Both ways at once is a mistake.
+    let e = load(&format!(
+        "[kafka]\nsasl_password_file = \"{}\"\n[kafka.properties]\n\"sasl.password\" = \"x\"\n",
+        pw.display()
+    ))
+    .unwrap_err();
+    assert_eq!(e.key, "kafka.sasl_password_file", "{e}");
+    std::fs::write(&pw, "\n").unwrap();
+    let e = load(&format!("[kafka]\nsasl_password_file = \"{}\"\n", pw.display())).unwrap_err();
+    assert!(e.reason.contains("empty"), "{e}");
+    let e = load("[kafka]\nsasl_password_file = \"/nonexistent/kpw\"\n").unwrap_err();
+    assert_eq!(e.key, "kafka.sasl_password_file", "{e}");
+}
+
+#[test]
 fn unsafe_producer_properties_rejected() {
     let e = load("[kafka.properties]\nacks = \"1\"\n").unwrap_err();
     assert!(e.key.contains("acks"), "{e}");

@@ -21,8 +21,12 @@ pub struct Loaded {
     pub admin_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     /// The topic router.
     pub router: Router,
-    /// The librdkafka properties as strings, ready for the producer.
+    /// The librdkafka properties as strings, ready for the producer (without
+    /// `sasl.password`, which is `kafka_sasl_password`).
     pub producer_properties: Vec<(String, String)>,
+    /// The Kafka SASL password, from `kafka.sasl_password_file` or
+    /// `kafka.properties."sasl.password"`.
+    pub kafka_sasl_password: Option<Secret>,
 }
 
 impl Config {
@@ -192,6 +196,7 @@ impl Config {
         }
         let router = Router::new(k).map_err(|(key, reason)| err(&key, reason))?;
         let mut producer_properties = Vec::new();
+        let mut kafka_sasl_password = None;
         for (name, value) in &k.properties {
             let key = format!("kafka.properties.\"{name}\"");
             let v = value.to_string();
@@ -217,9 +222,35 @@ impl Config {
                 "dr_msg_cb" | "dr_cb" | "opaque" | "default_topic_conf" => {
                     return Err(err(&key, "is managed by the gateway".into()))
                 }
+                "sasl.password" => {
+                    kafka_sasl_password = Some(Secret(v));
+                    continue;
+                }
                 _ => {}
             }
             producer_properties.push((name.clone(), v));
+        }
+        if let Some(f) = &k.sasl_password_file {
+            if kafka_sasl_password.is_some() {
+                return Err(err(
+                    "kafka.sasl_password_file",
+                    "set either kafka.sasl_password_file or kafka.properties.\"sasl.password\", not both".into(),
+                ));
+            }
+            let text = std::fs::read_to_string(f).map_err(|e| {
+                err(
+                    "kafka.sasl_password_file",
+                    format!("cannot read {}: {e}", f.display()),
+                )
+            })?;
+            let pw = text.trim_end_matches(['\r', '\n']);
+            if pw.is_empty() {
+                return Err(err(
+                    "kafka.sasl_password_file",
+                    format!("{} is empty", f.display()),
+                ));
+            }
+            kafka_sasl_password = Some(Secret(pw.to_string()));
         }
 
         // WAL and forwarder
@@ -300,6 +331,7 @@ impl Config {
             admin_tls,
             router,
             producer_properties,
+            kafka_sasl_password,
         })
     }
 }

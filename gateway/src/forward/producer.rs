@@ -229,6 +229,9 @@ pub fn producer_config(loaded: &Loaded, opts: &ForwardOptions) -> ClientConfig {
     for (k, v) in &loaded.producer_properties {
         cc.set(k, v);
     }
+    if let Some(pw) = &loaded.kafka_sasl_password {
+        cc.set("sasl.password", pw.expose());
+    }
     cc
 }
 
