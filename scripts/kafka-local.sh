@@ -5,6 +5,7 @@
 #   scripts/kafka-local.sh start  DATA_DIR PORT CONTROLLER_PORT
 #   scripts/kafka-local.sh stop   DATA_DIR
 #   scripts/kafka-local.sh status DATA_DIR
+#   scripts/kafka-local.sh acl    DATA_DIR ACL_COMMAND_ARGS...
 #
 # start: writes DATA_DIR/server.properties, formats DATA_DIR/logs (only when it
 #        is not formatted yet, so a stop/start keeps the data), launches the
@@ -13,6 +14,9 @@
 #        127.0.0.1:PORT accepts TCP connections (the broker opens that port only
 #        once it is fully started, so this means "ready").
 # stop:  SIGTERM, waits for exit (SIGKILL after MKG_KAFKA_STOP_TIMEOUT seconds).
+# acl:   Kafka's AclCommand (kafka-acls.sh) against the running broker's first
+#        (PLAINTEXT) listener, e.g. `acl DIR --add --allow-principal User:gw
+#        --operation Write --topic t`.
 #
 # Environment (all optional):
 #   MKG_CACHE_DIR            cache root (default ~/.cache/mqtt-kafka-gateway)
@@ -26,7 +30,10 @@
 #   MKG_KAFKA_AUTO_CREATE    auto.create.topics.enable: true (default) or false
 #                            (tests of a route to a topic that does not exist)
 #   MKG_KAFKA_EXTRA_PROPS    extra server.properties lines, one per line
-#                            (e.g. "log.message.timestamp.after.max.ms=3600000")
+#                            (e.g. "log.message.timestamp.after.max.ms=3600000");
+#                            a key set again here overrides the default above it
+#   MKG_KAFKA_SCRAM_USERS    "name:password ..." SCRAM-SHA-512 credentials written
+#                            into the metadata when the log dir is formatted
 set -euo pipefail
 
 KAFKA_VERSION=4.1.1
@@ -54,6 +61,7 @@ usage() {
 usage: $0 start DATA_DIR PORT CONTROLLER_PORT
        $0 stop DATA_DIR
        $0 status DATA_DIR
+       $0 acl DATA_DIR ACL_COMMAND_ARGS...
 EOF
     exit 2
 }
@@ -138,9 +146,15 @@ EOF
             cid="$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
             [[ $cid != -* ]] && break
         done
-        log "formatting $data_dir/logs: $JAVA ${JVM_OPTS[*]} -cp '$LIBS/*' kafka.tools.StorageTool format --cluster-id=$cid --config $props --ignore-formatted"
+        local scram=() user
+        for user in ${MKG_KAFKA_SCRAM_USERS:-}; do
+            [[ $user == *:* ]] || die "MKG_KAFKA_SCRAM_USERS: '${user%%:*}' has no ':password'"
+            scram+=(--add-scram "SCRAM-SHA-512=[name=${user%%:*},password=${user#*:}]")
+        done
+        # The SCRAM passwords are not logged.
+        log "formatting $data_dir/logs: $JAVA ${JVM_OPTS[*]} -cp '$LIBS/*' kafka.tools.StorageTool format --cluster-id=$cid --config $props --ignore-formatted (${#scram[@]} SCRAM arguments)"
         "$JAVA" "${JVM_OPTS[@]}" -cp "$LIBS/*" kafka.tools.StorageTool \
-            format --cluster-id="$cid" --config "$props" --ignore-formatted \
+            format --cluster-id="$cid" --config "$props" --ignore-formatted "${scram[@]}" \
             >>"$data_dir/kafka.log" 2>&1 ||
             { tail -n 30 "$data_dir/kafka.log" >&2; die "storage format failed"; }
     fi
@@ -177,6 +191,18 @@ EOF
     local t2
     t2="$(now_ms)"
     log "Kafka ready on 127.0.0.1:$port (pid $pid; format $((t1 - t0))ms, broker start $((t2 - t1))ms)"
+}
+
+cmd_acl() {
+    [[ $# -ge 2 ]] || usage
+    local data_dir="$1"
+    shift
+    local port
+    port="$(sed -n 's|^listeners=PLAINTEXT://127.0.0.1:\([0-9]*\).*|\1|p' "$data_dir/server.properties" | tail -n 1)"
+    [[ -n $port ]] || die "no PLAINTEXT listener in $data_dir/server.properties"
+    java_opts
+    "$JAVA" "${JVM_OPTS[@]}" -cp "$LIBS/*" org.apache.kafka.tools.AclCommand \
+        --bootstrap-server "127.0.0.1:$port" "$@"
 }
 
 dispatch "$@"

@@ -85,6 +85,13 @@ dispatch() {
     start) cmd_start "$@" ;;
     stop) cmd_stop "$@" ;;
     status) cmd_status "$@" ;;
-    *) usage ;;
+    *)
+        # A daemon script's own extra commands (kafka-local.sh acl).
+        if [[ $cmd =~ ^[a-z]+$ ]] && declare -F "cmd_$cmd" >/dev/null; then
+            "cmd_$cmd" "$@"
+        else
+            usage
+        fi
+        ;;
     esac
 }

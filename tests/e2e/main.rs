@@ -22,6 +22,7 @@ mod config_errors;
 mod console_page;
 mod dead_letters;
 mod faults;
+mod kafka_sasl;
 mod mosquitto_restart;
 mod mqtt_tls;
 mod order;
@@ -104,6 +105,7 @@ fn main() {
         reload::sighup_reloads_what_can_change_live,
         secured::password_file_and_acl,
         mqtt_tls::tls_and_mutual_tls_to_mosquitto,
+        kafka_sasl::sasl_ssl_scram_sasl_plain_and_acls,
         unknown_topic::unknown_topics_are_held_then_delivered_or_parked,
         wal_faults::slow_fsync_sigkill_mid_commit_loses_nothing,
         wal_faults::wal_io_errors_not_acked_then_reopened,

@@ -22,6 +22,7 @@ pub mod checker;
 pub mod config;
 pub mod publisher;
 pub mod qos2pub;
+pub mod secured_kafka;
 pub mod soak;
 
 pub use checker::{check, Consumed, Published, Report};

@@ -159,6 +159,21 @@ pub fn classify(e: &KafkaError) -> Failure {
     }
 }
 
+/// Why Kafka refuses a whole topic, in an operator's words first (the reason held
+/// topics and their dead letters show), then Kafka's own.
+pub fn topic_refusal(e: &KafkaError) -> String {
+    use RDKafkaErrorCode as C;
+    match e.rdkafka_error_code() {
+        Some(C::TopicAuthorizationFailed) => format!(
+            "not authorized: the gateway's principal may not write this topic (grant it WRITE and DESCRIBE) ({e})"
+        ),
+        Some(C::UnknownTopicOrPartition | C::UnknownTopic | C::UnknownPartition) => format!(
+            "unknown topic: it does not exist and the broker does not create it ({e})"
+        ),
+        _ => e.to_string(),
+    }
+}
+
 /// No delivery report for this long past librdkafka's own longest silence with records
 /// in flight: rebuild the producer (see [`stall_timeout`]).
 const STALL_MARGIN: Duration = Duration::from_secs(30);

@@ -13,6 +13,7 @@ use rdkafka::producer::BaseRecord;
 use wal::RecordRef;
 
 use super::hold::Stage;
+use super::producer::topic_refusal;
 use super::refuse::Suspect;
 use super::{classify, headers, Failure, Forwarder, MAX_OPEN_PER_RECORD};
 use crate::config::KeyMode;
@@ -314,7 +315,7 @@ impl Forwarder {
                     Failure::Permanent => {
                         Err(SendError::Permanent(format!("kafka refused record: {e}")))
                     }
-                    Failure::Topic => Err(SendError::Topic(e.to_string())),
+                    Failure::Topic => Err(SendError::Topic(topic_refusal(&e))),
                     Failure::Retry => Err(SendError::Retry(format!("producer send failed: {e}"))),
                 }
             }

@@ -97,7 +97,7 @@ impl Forwarder {
         };
         self.suspects.remove(&seq);
         self.window.hold(seq);
-        self.hold_topic(&Arc::from(topic), seq, &e.to_string());
+        self.hold_topic(&Arc::from(topic), seq, &super::producer::topic_refusal(e));
     }
 
     /// Hold record `seq` (already held in the window) under refused topic `topic`.
