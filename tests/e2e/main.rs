@@ -36,6 +36,7 @@ mod systemd;
 mod timestamps;
 mod unknown_topic;
 mod wal_faults;
+mod walkthrough;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gateway-under-test");
 
@@ -106,6 +107,7 @@ fn main() {
         secured::password_file_and_acl,
         mqtt_tls::tls_and_mutual_tls_to_mosquitto,
         kafka_sasl::sasl_ssl_scram_sasl_plain_and_acls,
+        walkthrough::readme_walkthrough_from_kafka_connect,
         unknown_topic::unknown_topics_are_held_then_delivered_or_parked,
         wal_faults::slow_fsync_sigkill_mid_commit_loses_nothing,
         wal_faults::wal_io_errors_not_acked_then_reopened,
