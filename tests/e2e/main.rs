@@ -32,6 +32,7 @@ mod policies;
 mod qos2;
 mod reload;
 mod secured;
+mod suback_refused;
 mod systemd;
 mod timestamps;
 mod unknown_topic;
@@ -105,6 +106,7 @@ fn main() {
         policies::expired_records_are_dead_lettered_or_dropped,
         reload::sighup_reloads_what_can_change_live,
         secured::password_file_and_acl,
+        suback_refused::refused_subscription_fails_readyz_and_is_retried,
         mqtt_tls::tls_and_mutual_tls_to_mosquitto,
         kafka_sasl::sasl_ssl_scram_sasl_plain_and_acls,
         walkthrough::readme_walkthrough_from_kafka_connect,
