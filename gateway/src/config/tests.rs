@@ -102,7 +102,10 @@ fn kafka_sasl_password_from_a_file() {
     .unwrap();
     assert_eq!(l.kafka_sasl_password.as_ref().unwrap().expose(), "k-s3cr3t");
     assert!(!format!("{l:?}").contains("k-s3cr3t"));
-    assert!(!l.producer_properties.iter().any(|(k, _)| k == "sasl.password"));
+    assert!(!l
+        .producer_properties
+        .iter()
+        .any(|(k, _)| k == "sasl.password"));
     // Both ways at once is a mistake.
     let e = load(&format!(
         "[kafka]\nsasl_password_file = \"{}\"\n[kafka.properties]\n\"sasl.password\" = \"x\"\n",
@@ -111,7 +114,11 @@ fn kafka_sasl_password_from_a_file() {
     .unwrap_err();
     assert_eq!(e.key, "kafka.sasl_password_file", "{e}");
     std::fs::write(&pw, "\n").unwrap();
-    let e = load(&format!("[kafka]\nsasl_password_file = \"{}\"\n", pw.display())).unwrap_err();
+    let e = load(&format!(
+        "[kafka]\nsasl_password_file = \"{}\"\n",
+        pw.display()
+    ))
+    .unwrap_err();
     assert!(e.reason.contains("empty"), "{e}");
     let e = load("[kafka]\nsasl_password_file = \"/nonexistent/kpw\"\n").unwrap_err();
     assert_eq!(e.key, "kafka.sasl_password_file", "{e}");
