@@ -110,7 +110,7 @@ fn converter(m: &mut Mapper, part: &str) {
     let Some(c) = used else {
         m.note(
             &key,
-            format!("not in the files given (the worker's file sets it), so Connect's format is unknown here; {gateway}"),
+            format!("not in the files given (a Connect worker file normally sets it), so Connect's format is unknown here; {gateway}"),
         );
         return;
     };
