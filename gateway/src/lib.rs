@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod console;
 pub mod forward;
+pub mod import_connect;
 pub mod ingest;
 pub mod peek;
 pub mod policy;

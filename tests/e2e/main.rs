@@ -22,6 +22,7 @@ mod config_errors;
 mod console_page;
 mod dead_letters;
 mod faults;
+mod import_connect;
 mod kafka_sasl;
 mod mosquitto_restart;
 mod mqtt_tls;
@@ -76,6 +77,9 @@ fn main() {
     let tests: Vec<(&str, TestFn)> = trials![
         config_errors::bad_files_exit_2_naming_the_key,
         config_errors::check_config_accepts_example,
+        import_connect::evokly_example_with_a_scram_worker_passes_check_config,
+        import_connect::unknown_keys_exit_2_and_write_nothing,
+        import_connect::imported_config_carries_messages_end_to_end,
         basic::ten_thousand_qos1_messages_mapped_keyed_ordered,
         basic::qos0_qos2_binary_and_empty_payloads,
         basic::admin_backlog_and_metrics,

@@ -1,7 +1,8 @@
-//! Command line: `run`, `check-config`, `wal` (offline), and `status`, `backlog`,
-//! `records`, `dead-letters` for a running gateway (`console`). Exit codes: 0 ok, 1
-//! runtime error, 2 bad configuration, 3 the WAL cannot be opened, 4 the gateway's
-//! admin API does not answer, 5 it refused the token.
+//! Command line: `run`, `check-config`, `wal` (offline), `import-connect` (a Kafka
+//! Connect setup to a configuration file), and `status`, `backlog`, `records`,
+//! `dead-letters` for a running gateway (`console`). Exit codes: 0 ok, 1 runtime
+//! error, 2 bad configuration, 3 the WAL cannot be opened, 4 the gateway's admin API
+//! does not answer, 5 it refused the token.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +46,13 @@ enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// Write a gateway configuration from a Kafka Connect setup: evokly's MQTT source
+    /// connector and, optionally, the Connect worker.
+    #[command(
+        long_about = crate::import_connect::LONG_ABOUT,
+        after_help = crate::import_connect::EXAMPLE
+    )]
+    ImportConnect(crate::import_connect::Args),
     /// Inspect or repair the WAL (the gateway must not be running).
     Wal {
         #[command(subcommand)]
@@ -159,6 +167,7 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Wal { command } => crate::waltool::main(command_args(command)),
+        Command::ImportConnect(args) => crate::import_connect::main(&args),
         Command::Status { target } => console(target, "/status", crate::console::status),
         Command::Backlog {
             target,
