@@ -81,7 +81,9 @@ pub fn readme_walkthrough_from_kafka_connect() -> Result<(), Failed> {
         std::fs::create_dir_all(d)?;
     }
     let mqtt_port = free_port();
+    // The connector's topic exists on the site's Kafka.
     let topic = unique("from-connect");
+    kafka().create_topic(&topic, 3);
 
     // The existing setup: Mosquitto as the guide configures it.
     let passwd = etc.join("passwd");
@@ -165,8 +167,10 @@ systemctl() {{
     case "$*" in
     "restart mosquitto")
         if [[ -f '{root}/mosquitto.pid' ]]; then
-            kill "$(cat '{root}/mosquitto.pid')"
-            while kill -0 "$(cat '{root}/mosquitto.pid')" 2>/dev/null; do sleep 0.05; done
+            local pid
+            pid=$(cat '{root}/mosquitto.pid')
+            kill "$pid"
+            while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
         fi
         mosquitto -d -c "$MOSQ_ETC/mosquitto.conf"
         wait_port "$MQTT_PORT" ;;
