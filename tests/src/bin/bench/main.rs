@@ -18,7 +18,9 @@
 //! 5. RSS idle, under full load (3), draining the backlog (2) and with a 10x backlog;
 //! 6. disk bytes written per payload byte at 1,000/s and at full speed;
 //! 7. start to ready with the big backlog;
-//! 8. the stripped release binary.
+//! 8. the stripped release binary;
+//! 9. with `--sd-card`: ingest, latency, fsyncs and bytes written per day with every
+//!    fsync made slower (an SD card) and the gateway on one core.
 //!
 //! Backlogs are written by `walfill` through the `wal` crate (the records the gateway
 //! writes): publishing 10M messages through Mosquitto would take longer than the
@@ -28,6 +30,7 @@ mod opts;
 mod phases;
 mod probe;
 mod report;
+mod sdcard;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -203,15 +206,15 @@ fn run(o: &Opts, dir: &Path) -> Res<()> {
         "strip",
         "timeout",
     ] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
+        if !on_path(tool) {
             return Err(format!(
                 "{tool} not found; run scripts/install-deps.sh (installs Mosquitto, kcat and the Kafka jars)"
             ));
+        }
+    }
+    for tool in ["cc", "taskset"] {
+        if !o.sd_card.is_empty() && !on_path(tool) {
+            return Err(format!("{tool} not found (needed by --sd-card)"));
         }
     }
     for b in [
@@ -265,6 +268,7 @@ fn run(o: &Opts, dir: &Path) -> Res<()> {
     b.live()?;
     b.drain()?;
     b.big()?;
+    b.sd_card()?;
     b.kafka_check()?;
 
     let wall = started.elapsed().as_secs_f64();
@@ -502,6 +506,20 @@ impl Bench<'_> {
         topic: &str,
         filter: &str,
     ) -> Res<Running> {
+        self.gateway_on(name, wal, bootstrap, topic, filter, None)
+    }
+
+    /// [`Bench::gateway`] on a simulated SD card (`sd`): its fsyncs slowed by the
+    /// shim, and pinned to one core.
+    fn gateway_on(
+        &self,
+        name: &str,
+        wal: &Path,
+        bootstrap: &str,
+        topic: &str,
+        filter: &str,
+        sd: Option<&sdcard::SlowDisk>,
+    ) -> Res<Running> {
         let mut cfg = GatewayConfig::new(self.mq.port, bootstrap)
             .top("gateway_id", format!("bench-{name}"))
             .mqtt("client_id", format!("mkg-bench-{name}"))
@@ -519,7 +537,17 @@ impl Bench<'_> {
         std::fs::create_dir_all(&gw_dir).map_err(|e| e.to_string())?;
         let exec_ms = now_ms();
         let exec = Instant::now();
-        let mut gw = Gateway::start(&self.bins.join("mqtt-kafka-gateway"), &gw_dir, &cfg.toml());
+        let env = sd.map(sdcard::SlowDisk::env).unwrap_or_default();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut gw = Gateway::start_with_env(
+            &self.bins.join("mqtt-kafka-gateway"),
+            &gw_dir,
+            &cfg.toml(),
+            &env,
+        );
+        if sd.is_some() {
+            sdcard::pin_to_one_core(gw.pid() as u32)?;
+        }
         loop {
             if harness::http_get(gw.admin, "/readyz").is_ok_and(|(s, _)| s == 200) {
                 break;
@@ -545,6 +573,15 @@ impl Bench<'_> {
             ready_ms,
         })
     }
+}
+
+/// Whether `tool` is a command on PATH.
+fn on_path(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// The drain ceiling's input: `TOPIC<TAB>PAYLOAD` lines with the checker's payloads.

@@ -20,6 +20,9 @@ release gateway and the tools first.
   --set TABLE:KEY=VALUE    a setting of every gateway the bench starts, e.g.
                            --set wal:sync_linger=2ms --set kafka.properties:linger.ms=20
   --mosquitto-autosave S   Mosquitto's autosave_interval [1800, Mosquitto's default]
+  --sd-card MS[,MS...]     also run the SD-card profile (9) with each write's
+                           fdatasync/fsync made MS milliseconds slower and the
+                           gateway pinned to one core, e.g. --sd-card 2,10,20 [off]
   --dir DIR                work directory [a new one under /tmp]
   --keep                   keep the work directory (logs of every process)
   --results FILE           append the results as one JSON line to FILE
@@ -43,6 +46,8 @@ pub struct Opts {
     /// (table, key, value as written on the command line).
     pub sets: Vec<(String, String, String)>,
     pub autosave: u32,
+    /// Extra milliseconds per fsync of the SD-card profile's runs (empty: not run).
+    pub sd_card: Vec<u64>,
     pub dir: Option<PathBuf>,
     pub keep: bool,
     pub results: Option<PathBuf>,
@@ -66,6 +71,7 @@ impl Opts {
             size: 256,
             sets: Vec::new(),
             autosave: 1800,
+            sd_card: Vec::new(),
             dir: None,
             keep: false,
             results: None,
@@ -94,6 +100,15 @@ impl Opts {
                 "--inflight" => o.inflight = num(flag, value()?)?,
                 "--size" => o.size = num(flag, value()?)?,
                 "--mosquitto-autosave" => o.autosave = num(flag, value()?)?,
+                "--sd-card" => {
+                    o.sd_card = value()?
+                        .split(',')
+                        .map(|ms| num::<u64>(flag, ms.trim().to_string()))
+                        .collect::<Result<_, _>>()?;
+                    if o.sd_card.iter().any(|&ms| ms == 0 || ms > 1000) {
+                        return Err("--sd-card: each delay must be 1 to 1000 ms".into());
+                    }
+                }
                 "--dir" => o.dir = Some(value()?.into()),
                 "--keep" => o.keep = true,
                 "--results" => o.results = Some(value()?.into()),
@@ -143,5 +158,9 @@ mod tests {
         );
         assert!(Opts::parse(&args(&["--set", "nokey"])).is_err());
         assert!(Opts::parse(&args(&["--bogus"])).is_err());
+        let o = Opts::parse(&args(&["--sd-card", "2,10, 20"])).unwrap();
+        assert_eq!(o.sd_card, vec![2, 10, 20]);
+        assert!(Opts::parse(&args(&["--sd-card", "0"])).is_err());
+        assert!(Opts::parse(&args(&["--sd-card", "x"])).is_err());
     }
 }

@@ -71,12 +71,12 @@ impl Bench<'_> {
         say(format!(
             "1b. gateway ingest with Kafka stopped: {n} messages"
         ));
-        let rate = self.ingest_run("ingest", n, mq_pid, false)?;
+        let rate = self.ingest_run("ingest", n, mq_pid, false, None)?;
         self.r.put("ingest_rate", rate);
         say(format!(
             "1c. the same while an operator pages through the backlog in a loop: {n} messages"
         ));
-        let rate = self.ingest_run("ingestpaged", n, mq_pid, true)?;
+        let rate = self.ingest_run("ingestpaged", n, mq_pid, true, None)?;
         self.r.put("ingest_paged_rate", rate);
         // Without paging once more: the paged run is compared with the mean of the
         // runs before and after it, so a drift over the phase does not pass for its
@@ -84,7 +84,7 @@ impl Bench<'_> {
         say(format!(
             "1b'. gateway ingest with Kafka stopped, again: {n} messages"
         ));
-        let rate = self.ingest_run("ingestagain", n, mq_pid, false)?;
+        let rate = self.ingest_run("ingestagain", n, mq_pid, false, None)?;
         self.r.put("ingest_again_rate", rate);
         Ok(())
     }
@@ -93,13 +93,20 @@ impl Bench<'_> {
     /// client reads the backlog page after page (`/records?limit=1000`, following
     /// `next`, from the oldest again at the end) and `/backlog/topics` between pages,
     /// without pause, for the whole run. Returns messages per second; the first run
-    /// also records CPU and thread figures.
-    fn ingest_run(&mut self, name: &str, n: u64, mq_pid: u32, paging: bool) -> Res<u64> {
+    /// also records CPU and thread figures. With `sd`, on a simulated SD card.
+    pub(crate) fn ingest_run(
+        &mut self,
+        name: &str,
+        n: u64,
+        mq_pid: u32,
+        paging: bool,
+        sd: Option<&crate::sdcard::SlowDisk>,
+    ) -> Res<u64> {
         // Nothing listens on this port: Kafka is "stopped".
         let dead = format!("127.0.0.1:{}", harness::free_port());
         let wal = self.dir.join(format!("wal-{name}"));
         let prefix = format!("{name}/#");
-        let mut gw = self.gateway(name, &wal, &dead, "bench", &prefix)?;
+        let mut gw = self.gateway_on(name, &wal, &dead, "bench", &prefix, sd)?;
         let a0 = Metrics::scrape(gw.admin()).get("mkg_mqtt_messages_acked_total");
         let (g0, m0) = (probe::cpu_ticks(gw.pid()), probe::cpu_ticks(mq_pid));
         let threads0 = probe::thread_ticks(gw.pid());
@@ -241,7 +248,7 @@ impl Bench<'_> {
 
         self.naive(n)?;
         for rate in [1000, 10000] {
-            self.latency(&mut gw, rate)?;
+            self.latency(&mut gw, rate, "load/lat", &format!("lat{rate}"), "")?;
         }
         gw.stop();
         Ok(())
@@ -284,13 +291,23 @@ impl Bench<'_> {
         Ok(())
     }
 
-    /// 4. Latency at `rate` msg/s, with the WAL's commit and disk figures at that rate.
-    fn latency(&mut self, gw: &mut Running, rate: u64) -> Res<()> {
+    /// 4. Latency at `rate` msg/s, with the WAL's commit and disk figures at that rate:
+    /// messages published under `prefix` as run `run_id`, figures named `{key}latency_
+    /// {rate}`, `{key}wa_{rate}`...
+    pub(crate) fn latency(
+        &mut self,
+        gw: &mut Running,
+        rate: u64,
+        prefix: &str,
+        run_id: &str,
+        key: &str,
+    ) -> Res<()> {
         let o = self.o;
         let n = rate * o.lat_secs;
-        let run_id = format!("lat{rate}");
-        say(format!("4. latency at {rate} msg/s: {n} messages"));
-        let err_path = self.dir.join(format!("latency_{rate}.err"));
+        say(format!(
+            "4. latency at {rate} msg/s: {n} messages ({run_id})"
+        ));
+        let err_path = self.dir.join(format!("{key}latency_{rate}.err"));
         let lat = self
             .tool("latency")
             .args([
@@ -299,7 +316,7 @@ impl Bench<'_> {
                 "--topic",
                 "bench",
                 "--run-id",
-                &run_id,
+                run_id,
             ])
             .args([
                 "--messages",
@@ -315,7 +332,7 @@ impl Bench<'_> {
         let pid = gw.pid();
         let m0 = Metrics::scrape(gw.admin());
         let w0 = probe::write_bytes(pid);
-        self.loadgen("load/lat", n, &run_id, rate)?;
+        self.loadgen(prefix, n, run_id, rate)?;
         let out = lat.wait_with_output().map_err(|e| e.to_string())?;
         if !out.status.success() {
             return Err(format!(
@@ -324,7 +341,7 @@ impl Bench<'_> {
             ));
         }
         self.r.put(
-            &format!("latency_{rate}"),
+            &format!("{key}latency_{rate}"),
             last_json(&out.stdout, "latency")?,
         );
         gw.wait_metric("an empty backlog", Duration::from_secs(60), |m| {
@@ -339,27 +356,27 @@ impl Bench<'_> {
         );
         let secs = o.lat_secs as f64;
         self.r.put(
-            &format!("wa_{rate}"),
+            &format!("{key}wa_{rate}"),
             round2((probe::write_bytes(pid) - w0) as f64 / (n * o.size as u64) as f64),
         );
         self.r.put(
-            &format!("batch_{rate}"),
+            &format!("{key}batch_{rate}"),
             round1(records as f64 / commits.max(1) as f64),
         );
         self.r.put(
-            &format!("commits_per_s_{rate}"),
+            &format!("{key}commits_per_s_{rate}"),
             (commits as f64 / secs).round() as u64,
         );
         self.r.put(
-            &format!("sync_batch_{rate}"),
+            &format!("{key}sync_batch_{rate}"),
             round1(records as f64 / syncs.max(1) as f64),
         );
         self.r.put(
-            &format!("syncs_per_s_{rate}"),
+            &format!("{key}syncs_per_s_{rate}"),
             (syncs as f64 / secs).round() as u64,
         );
         self.r.put(
-            &format!("commit_times_{rate}"),
+            &format!("{key}commit_times_{rate}"),
             probe::commit_times(&m0, &m1),
         );
         Ok(())
@@ -530,13 +547,19 @@ impl Bench<'_> {
             .collect();
         self.r.put("kafka_check", summary.join(", "));
         let o = self.o;
-        for (run, want) in [
-            ("e2e", o.e2e),
-            ("lat1000", 1000 * o.lat_secs),
-            ("lat10000", 10000 * o.lat_secs),
-            ("backlog", o.backlog),
-        ] {
-            let got = runs.get(run).map_or(0, |e| e.0.len() as u64);
+        let mut expected = vec![
+            ("e2e".to_string(), o.e2e),
+            ("lat1000".to_string(), 1000 * o.lat_secs),
+            ("lat10000".to_string(), 10000 * o.lat_secs),
+            ("backlog".to_string(), o.backlog),
+        ];
+        for ms in &o.sd_card {
+            for rate in crate::sdcard::SD_RATES {
+                expected.push((format!("sd{ms}lat{rate}"), rate * o.lat_secs));
+            }
+        }
+        for (run, want) in expected {
+            let got = runs.get(&run).map_or(0, |e| e.0.len() as u64);
             if got != want {
                 return Err(format!(
                     "topic bench holds {got} distinct messages of run {run}, expected {want}"

@@ -228,6 +228,53 @@ pub fn render(r: &Results) -> (String, bool) {
         "-",
         true,
     );
+    for ms in r.s("sd_delays").split(',').filter(|d| !d.is_empty()) {
+        let k = |name: &str| format!("sd{ms}_{name}");
+        // The targets are set for a 10 ms fsync; other delays show the curve.
+        let at10 = ms == "10";
+        let sr = r.n(&k("ingest_rate"));
+        row(
+            9,
+            format!("SD card, fsync +{ms} ms, one core: durable ingest, Kafka stopped"),
+            format!("{} msg/s", t(sr)),
+            &format!("{} msg/s (as in 1)", t(cr)),
+            format!("{:.2}", sr as f64 / cr.max(1) as f64),
+            if at10 { ">= 0.9" } else { "-" },
+            !at10 || sr as f64 >= 0.9 * cr as f64,
+        );
+        let l = |x: &str| num(r.f(&format!("sd{ms}_latency_1000.{x}")));
+        let p99 = r.f(&format!("sd{ms}_latency_1000.p99_ms"));
+        row(
+            9,
+            format!("SD card, fsync +{ms} ms: latency at 1,000/s p50 / p99 / p99.9"),
+            format!("{} / {} / {} ms", l("p50_ms"), l("p99_ms"), l("p999_ms")),
+            "-",
+            "-".into(),
+            if at10 { "p99 <= 50 ms" } else { "-" },
+            !at10 || p99 <= 50.0,
+        );
+        for rate in crate::sdcard::SD_RATES {
+            let wa = r.f(&k(&format!("wa_{rate}")));
+            let per_day = wa * r.f("size") * rate as f64 * 86_400.0;
+            row(
+                9,
+                format!(
+                    "SD card, fsync +{ms} ms: at {}/s, fsyncs/s, disk bytes / payload byte, written per day",
+                    t(rate)
+                ),
+                format!(
+                    "{} fsyncs/s, {}, {:.2} GB/day",
+                    r.n(&k(&format!("syncs_per_s_{rate}"))),
+                    num(wa),
+                    per_day / 1e9
+                ),
+                "-",
+                "-".into(),
+                if at10 { "<= 3" } else { "-" },
+                !at10 || wa <= 3.0,
+            );
+        }
+    }
 
     let mut out =
         String::from("\n| # | measurement | figure | ceiling | ratio | target | result |\n");
@@ -289,6 +336,18 @@ pub fn render(r: &Results) -> (String, bool) {
             t(rate),
             r.s(&format!("commit_times_{rate}"))
         ));
+    }
+    for ms in r.s("sd_delays").split(',').filter(|d| !d.is_empty()) {
+        for rate in crate::sdcard::SD_RATES {
+            out.push_str(&format!(
+                "SD card, fsync +{ms} ms, at {}/s: WAL fsync times {}; records per fsync {}; latency p90 {} ms, max {} ms\n",
+                t(rate),
+                r.s(&format!("sd{ms}_commit_times_{rate}")),
+                num(r.f(&format!("sd{ms}_sync_batch_{rate}"))),
+                num(r.f(&format!("sd{ms}_latency_{rate}.p90_ms"))),
+                num(r.f(&format!("sd{ms}_latency_{rate}.max_ms"))),
+            ));
+        }
     }
     out.push_str(&format!(
         "disk bytes written per WAL fsync at 1,000/s: {} (bytes/payload byte x payload size x records/fsync)\n",
