@@ -291,9 +291,9 @@ impl Bench<'_> {
         Ok(())
     }
 
-    /// 4. Latency at `rate` msg/s, with the WAL's commit and disk figures at that rate:
-    /// messages published under `prefix` as run `run_id`, figures named `{key}latency_
-    /// {rate}`, `{key}wa_{rate}`...
+    /// Phase 4: latency at `rate` msg/s, with the WAL's commit and disk figures at that
+    /// rate; messages published under `prefix` as run `run_id`, figures named
+    /// `{key}latency_{rate}`, `{key}wa_{rate}`...
     pub(crate) fn latency(
         &mut self,
         gw: &mut Running,

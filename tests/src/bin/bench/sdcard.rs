@@ -1,5 +1,5 @@
-//! 9. The SD-card profile (`--sd-card MS,...`): the gateway as on a Raspberry Pi's SD
-//! card, whose `fdatasync` takes milliseconds, on one core of its own.
+//! Phase 9, the SD-card profile (`--sd-card MS,...`): the gateway as on a Raspberry
+//! Pi's SD card, whose `fdatasync` takes milliseconds, on one core of its own.
 //!
 //! A shim loaded with `LD_PRELOAD` (built here with `cc`) makes every `fdatasync` and
 //! `fsync` of the gateway MS milliseconds slower: it calls the real one, then sleeps.
