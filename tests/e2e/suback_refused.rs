@@ -127,6 +127,13 @@ pub fn refused_subscription_fails_readyz_and_is_retried() -> Result<(), Failed> 
     if !gw.log().contains("MQTT broker refused the subscription") {
         return Err(fail(format!("the log does not say it:\n{}", gw.log())));
     }
+    // Not a terminal: plain text, no colour codes (journald, files).
+    if gw.log().contains('\u{1b}') {
+        return Err(fail(format!(
+            "escape codes in a log that is not a terminal:\n{}",
+            gw.log()
+        )));
+    }
     eprintln!("refused: /readyz {why}");
     // The broker drops the connection: the gateway subscribes again and is granted.
     drop_now.store(true, SeqCst);

@@ -331,8 +331,12 @@ fn init_logging(filter: &str) -> Option<crate::reload::LogFilter> {
     let from_env = std::env::var_os("RUST_LOG").is_some();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    // Colours only on a terminal: under systemd stderr goes to the journal, and escape
+    // codes would end up in every line it stores and forwards.
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_filter_reloading();
     let handle = builder.reload_handle();
