@@ -18,6 +18,7 @@ pub mod console;
 pub mod forward;
 pub mod import_connect;
 pub mod ingest;
+pub mod memory;
 pub mod peek;
 pub mod policy;
 pub mod quickack;

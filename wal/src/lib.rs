@@ -122,7 +122,7 @@ pub struct WalOptions {
 impl Default for WalOptions {
     fn default() -> Self {
         Self {
-            cache_size: 16 * 1024 * 1024,
+            cache_size: 4 * 1024 * 1024,
             quick_repair: false,
             journal: true,
             checkpoint_bytes: 8 * 1024 * 1024,

@@ -247,7 +247,7 @@ pub fn main() -> ExitCode {
                 }
             };
             let log = init_logging(&loaded.config.log);
-            limit_malloc_arenas();
+            crate::memory::limit_malloc_arenas();
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -303,27 +303,6 @@ fn command_args(c: WalCommand) -> crate::waltool::Command {
         WalCommand::Dump { file, dead_letters } => W::Dump(file, dead_letters),
     }
 }
-
-/// Cap glibc's malloc arenas at [`MALLOC_ARENAS`] before any thread starts, unless the
-/// operator set `MALLOC_ARENA_MAX`. glibc gives threads that contend for the
-/// allocator arenas of their own, up to 8 per core. Payloads are allocated on the
-/// ingest thread and freed on the WAL, forwarder and librdkafka threads, and each
-/// arena keeps its own free memory. Capping them lowers the peak RSS under full load
-/// (docs/BENCHMARKS.md, 5).
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        #[allow(unsafe_code)]
-        // SAFETY: mallopt only sets an allocator parameter; no thread has started yet.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
-        }
-    }
-}
-
-/// See [`limit_malloc_arenas`].
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-const MALLOC_ARENAS: libc::c_int = 2;
 
 /// Set up logging; returns what changes the filter on a reload (none while
 /// `RUST_LOG` sets it: the environment wins over the file).

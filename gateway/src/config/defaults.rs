@@ -75,7 +75,7 @@ pub(super) fn default_checkpoint_bytes() -> ByteSize {
     ByteSize(8 << 20)
 }
 pub(super) fn default_cache_size() -> ByteSize {
-    ByteSize(16 << 20)
+    ByteSize(4 << 20)
 }
 pub(super) fn default_min_free() -> ByteSize {
     ByteSize(64 << 20)
@@ -84,7 +84,7 @@ pub(super) fn default_inflight_records() -> usize {
     20_000
 }
 pub(super) fn default_inflight_bytes() -> ByteSize {
-    ByteSize(32 << 20)
+    ByteSize(8 << 20)
 }
 pub(super) fn default_ack_interval() -> Duration {
     Duration::from_millis(20)

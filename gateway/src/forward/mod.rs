@@ -78,6 +78,8 @@ struct Forwarder {
     last_ack: Instant,
     /// When the producer last reported a delivery (or was built).
     last_report: Instant,
+    /// Gives the allocator's free memory back after a burst or a drain.
+    trimmer: crate::memory::Trimmer,
     /// See [`producer::stall_timeout`].
     stall_timeout: Duration,
     /// This producer has reported a delivery (see [`Forwarder::kick_producer_id`]).
@@ -155,6 +157,7 @@ pub fn run(
         acked_sent: cursor - 1,
         last_ack: Instant::now(),
         last_report: Instant::now(),
+        trimmer: crate::memory::Trimmer::new(0, Instant::now()),
         reported: false,
         built: Instant::now(),
         last_kick: None,
@@ -238,6 +241,12 @@ impl Forwarder {
             if !progressed {
                 if !self.reported && self.window.in_flight() > 0 {
                     self.kick_producer_id();
+                }
+                let c = &self.shared.counters;
+                let activity =
+                    c.wal_records_committed.load(Relaxed) + c.kafka_records_forwarded.load(Relaxed);
+                if self.trimmer.tick(activity, Instant::now()) {
+                    tracing::debug!("returned free memory to the system after a burst");
                 }
                 let wait = if drain_deadline.is_some() {
                     Duration::from_millis(50)

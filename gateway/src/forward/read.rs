@@ -44,10 +44,26 @@ enum Outcome {
     Parked(Arc<str>),
 }
 
-/// Encoded size of a record, as the window counts it.
-pub(super) fn encoded_len(r: &RecordRef<'_>) -> u32 {
-    (13 + r.topic.len() + r.payload.len()).min(u32::MAX as usize) as u32
+/// What a record costs the in-flight window: what librdkafka holds for it until Kafka
+/// acknowledges it, not only its size in the WAL, so that `max_in_flight_bytes`
+/// bounds the process's memory. librdkafka keeps the message (payload, key, the six
+/// headers) and, once it is in a produce request, that request's encoding of it: two
+/// copies; plus its bookkeeping (the message, one allocation per header, the header
+/// list), [`RECORD_BOOKKEEPING`] bytes. Measured (docs/BENCHMARKS.md, 5): the peak
+/// RSS while draining grows by 1.3-1.8 KiB per record in flight with 256-byte
+/// payloads; this counts 1.6 KiB for them.
+pub(super) fn window_cost(r: &RecordRef<'_>, key: bool, gateway_id: usize) -> u32 {
+    let key = if key { r.topic.len() } else { 0 };
+    let message = r.payload.len() + key + r.topic.len() + gateway_id + HEADER_BYTES;
+    (2 * message + RECORD_BOOKKEEPING).min(u32::MAX as usize) as u32
 }
+
+/// The six header names and the values besides the MQTT topic and the gateway id
+/// (QoS, retain, receive time, sequence), rounded up.
+const HEADER_BYTES: usize = 128;
+
+/// librdkafka's per-message bookkeeping, see [`window_cost`].
+const RECORD_BOOKKEEPING: usize = 768;
 
 impl Forwarder {
     /// Send held records of released topics again, then read records after the cursor
@@ -99,8 +115,13 @@ impl Forwarder {
             let mut queue_full = false;
             let mut outcomes: Vec<(u64, Outcome)> = Vec::new();
             let wal = self.wal.clone();
+            let keyed = self.loaded.config.kafka.key == KeyMode::MqttTopic;
+            let gateway_id = self.loaded.config.gateway_id.len();
+            // The WAL stops at `room_bytes` of records as stored; the window counts
+            // more per record (window_cost), so this pass stops on its own count too.
+            let mut spent = 0usize;
             let read = wal.for_each_from(cursor, room.min(2048), room_bytes, |seq, rec| {
-                let bytes = encoded_len(&rec);
+                let bytes = window_cost(&rec, keyed, gateway_id);
                 let topic = match self.router.route(rec.topic) {
                     Ok(t) => t,
                     Err(reason) => {
@@ -127,7 +148,13 @@ impl Forwarder {
                     alone = true;
                 }
                 match self.send(seq, &rec, &topic) {
-                    Ok(()) => outcomes.push((seq, Outcome::Sent(bytes))),
+                    Ok(()) => {
+                        outcomes.push((seq, Outcome::Sent(bytes)));
+                        spent += bytes as usize;
+                        if spent >= room_bytes {
+                            return ControlFlow::Break(());
+                        }
+                    }
                     Err(SendError::QueueFull) => {
                         queue_full = true;
                         return ControlFlow::Break(());

@@ -254,7 +254,7 @@ fn rule(name: &str) -> Option<Rule> {
         | "socket.connection.setup.timeout.ms" => Rule::Same,
         "max.request.size" => Rule::To("message.max.bytes"),
         "buffer.memory" => Rule::Skip(
-            "the gateway bounds what its producer holds with forward.max_in_flight_bytes (32MiB); the backlog waits in the WAL on disk",
+            "the gateway bounds what its producer holds with forward.max_in_flight_bytes (8MiB); the backlog waits in the WAL on disk",
         ),
         "retries" | "delivery.timeout.ms" | "max.block.ms" => Rule::Skip(
             "the gateway never gives up on a record: it retries without limit while the record waits in its WAL",

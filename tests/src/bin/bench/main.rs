@@ -20,12 +20,15 @@
 //! 7. start to ready with the big backlog;
 //! 8. the stripped release binary;
 //! 9. with `--sd-card`: ingest, latency, fsyncs and bytes written per day with every
-//!    fsync made slower (an SD card) and the gateway on one core.
+//!    fsync made slower (an SD card) and the gateway on one core;
+//! 10. with `--drain-windows`: the backlog of 2 drained with each in-flight window,
+//!     drain rate and peak RSS (the memory / speed curve).
 //!
 //! Backlogs are written by `walfill` through the `wal` crate (the records the gateway
 //! writes): publishing 10M messages through Mosquitto would take longer than the
 //! whole bench. At the end every message of every run must be in Kafka.
 
+mod curve;
 mod opts;
 mod phases;
 mod probe;
@@ -137,6 +140,8 @@ struct Bench<'o> {
     mq: Mosquitto,
     kafka: Kafka,
     r: Results,
+    /// Settings for the next gateways started, after `--set`'s (the window curve).
+    extra_sets: Vec<(String, String, String)>,
 }
 
 /// A gateway the bench started.
@@ -262,6 +267,7 @@ fn run(o: &Opts, dir: &Path) -> Res<()> {
         mq,
         kafka,
         r,
+        extra_sets: Vec::new(),
     };
     b.backlogs()?;
     b.ingest()?;
@@ -269,6 +275,7 @@ fn run(o: &Opts, dir: &Path) -> Res<()> {
     b.drain()?;
     b.big()?;
     b.sd_card()?;
+    b.window_curve()?;
     b.kafka_check()?;
 
     let wall = started.elapsed().as_secs_f64();
@@ -374,10 +381,14 @@ impl Bench<'_> {
             "building WAL backlogs: {} and {} records (walfill)",
             o.backlog, o.big
         ));
-        for (name, n, prefix) in [
+        let mut wals = vec![
             ("backlog", o.backlog, "load/dev"),
             ("big", o.big, "big/dev"),
-        ] {
+        ];
+        if !o.drain_windows.is_empty() {
+            wals.push(("curve", o.backlog, "curve/dev"));
+        }
+        for (name, n, prefix) in wals {
             let out = self
                 .tool("walfill")
                 .arg("--dir")
@@ -530,7 +541,7 @@ impl Bench<'_> {
             .topics(&[(filter, 1)])
             .topic(topic)
             .wal("dir", wal.to_str().ok_or("non-UTF-8 work dir")?);
-        for (table, key, value) in &self.o.sets {
+        for (table, key, value) in self.o.sets.iter().chain(&self.extra_sets) {
             cfg = set(cfg, table, key, value)?;
         }
         let gw_dir = self.dir.join(format!("gw-{name}"));

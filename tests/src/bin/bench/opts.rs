@@ -23,6 +23,10 @@ release gateway and the tools first.
   --sd-card MS[,MS...]     also run the SD-card profile (9) with each write's
                            fdatasync/fsync made MS milliseconds slower and the
                            gateway pinned to one core, e.g. --sd-card 2,10,20 [off]
+  --drain-windows W[,W...] also drain the backlog of 2 again with each
+                           forward.max_in_flight_bytes W (e.g. 4MiB,8MiB,16MiB,32MiB):
+                           drain rate and peak RSS per window, the curve behind
+                           the default [off]
   --dir DIR                work directory [a new one under /tmp]
   --keep                   keep the work directory (logs of every process)
   --results FILE           append the results as one JSON line to FILE
@@ -48,6 +52,8 @@ pub struct Opts {
     pub autosave: u32,
     /// Extra milliseconds per fsync of the SD-card profile's runs (empty: not run).
     pub sd_card: Vec<u64>,
+    /// `forward.max_in_flight_bytes` values of the window curve (empty: not run).
+    pub drain_windows: Vec<String>,
     pub dir: Option<PathBuf>,
     pub keep: bool,
     pub results: Option<PathBuf>,
@@ -72,6 +78,7 @@ impl Opts {
             sets: Vec::new(),
             autosave: 1800,
             sd_card: Vec::new(),
+            drain_windows: Vec::new(),
             dir: None,
             keep: false,
             results: None,
@@ -108,6 +115,13 @@ impl Opts {
                     if o.sd_card.iter().any(|&ms| ms == 0 || ms > 1000) {
                         return Err("--sd-card: each delay must be 1 to 1000 ms".into());
                     }
+                }
+                "--drain-windows" => {
+                    o.drain_windows = value()?
+                        .split(',')
+                        .map(|w| w.trim().to_string())
+                        .filter(|w| !w.is_empty())
+                        .collect();
                 }
                 "--dir" => o.dir = Some(value()?.into()),
                 "--keep" => o.keep = true,

@@ -245,6 +245,11 @@ impl Bench<'_> {
             "e2e_threads",
             probe::threads_per_msg(&threads0, &threads1, n, self.hz),
         );
+        // After the burst, with nothing to do: the gateway hands its free memory back
+        // after a quiet second.
+        std::thread::sleep(Duration::from_secs(3));
+        self.r
+            .put("rss_after_burst_kb", probe::status_kb(pid, "VmRSS"));
 
         self.naive(n)?;
         for rate in [1000, 10000] {
