@@ -91,8 +91,12 @@ remove_root() {
     rm -rf --one-file-system "$dir"
 }
 
+# The EXIT trap can run while a command's output is redirected to a log (a signal
+# arriving during apt-get): fd 9 keeps the script's own stderr for its messages.
+exec 9>&2
 cleanup() {
     set +e
+    exec 2>&9
     if [[ -n $GW_PID ]] && kill -0 "$GW_PID" 2>/dev/null; then
         kill -KILL "$GW_PID"
         wait "$GW_PID" 2>/dev/null
