@@ -12,8 +12,9 @@
 #      aarch64: `qemu-aarch64 BIN` without -L (the multiarch libc6:arm64 in /lib).
 #      armv7:   `qemu-arm -L ROOT BIN`, ROOT a Debian 12 armhf root from
 #               scripts/debian-root.sh (cached tarball, unpacked for the run; needs
-#               root): Debian's armhf C library, the one Raspberry Pi OS has, not the
-#               cross tool chain's copy in /usr/arm-linux-gnueabihf.
+#               root): a released Debian armhf C library with its own ld.so.cache
+#               (glibc 2.36, as on Raspberry Pi OS 12), not the cross tool chain's
+#               copy in /usr/arm-linux-gnueabihf.
 # Exits non-zero if any step fails.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
