@@ -154,6 +154,10 @@ check() { # DESCRIPTION COMMAND...
 }
 
 in_root() { chroot "$R" "$@"; }
+gw_alive_and() { # COMMAND...: fails the test at once if the gateway has exited
+    kill -0 "$GW_PID" 2>/dev/null || die "the gateway exited (log: $WORK/gateway-$arch.log)"
+    "$@"
+}
 backlog_is() { # N
     [[ $(curl -fsS "http://127.0.0.1:$APORT/backlog" | grep -o '"records":[0-9]*' | head -1) == "\"records\":$1" ]]
 }
@@ -245,15 +249,15 @@ test_arch() {
     (exec chroot "$R" /bin/sh -c "cd $STATE && exec setpriv --reuid=$NAME --regid=$NAME --init-groups -- /usr/bin/$NAME run --config $CONF") \
         >"$log" 2>&1 &
     GW_PID=$!
-    wait_for "$arch: the admin API (/healthz)" 120 curl -fs -o /dev/null "http://127.0.0.1:$APORT/healthz"
-    wait_for "$arch: MQTT connected (/readyz)" 120 curl -fs -o /dev/null "http://127.0.0.1:$APORT/readyz"
+    wait_for "$arch: the admin API (/healthz)" 120 gw_alive_and curl -fs -o /dev/null "http://127.0.0.1:$APORT/healthz"
+    wait_for "$arch: MQTT connected (/readyz)" 120 gw_alive_and curl -fs -o /dev/null "http://127.0.0.1:$APORT/readyz"
     check "$arch: gateway runs as $NAME (uid $uid) from the root's /usr/bin" bash -c "
         [[ \$(stat -c %u /proc/$GW_PID) == $uid && \$(readlink /proc/$GW_PID/root) == '$R' ]]"
 
     local mtopic="sensors/deb$arch/t1" ktopic="edge.sensors.deb$arch.t1"
     seq 1 "$N" | sed "s/^/$arch-/" >"$WORK/$arch.txt"
     mosquitto_pub -p "$MPORT" -q 1 -i "test-deb-arm-pub-$arch" -t "$mtopic" -l <"$WORK/$arch.txt"
-    wait_for "$arch: $N records in Kafka topic $ktopic" 180 kafka_has_all "$ktopic" "$WORK/$arch.txt"
+    wait_for "$arch: $N records in Kafka topic $ktopic" 180 gw_alive_and kafka_has_all "$ktopic" "$WORK/$arch.txt"
     say "ok: $arch: $N messages in, $(wc -l <"$WORK/consumed.txt") distinct records out ($ktopic)"
     check "$arch: records carry gateway.id = the host name (the packaged config's default)" bash -c "
         timeout 30 kcat -b 127.0.0.1:$KPORT -C -t $ktopic -o beginning -c 1 -q -f '%h\n' | grep -q 'gateway.id=$HOST'"
