@@ -9,7 +9,10 @@
 #     vendored librdkafka, OpenSSL, curl, zlib and zstd builds need both C and C++);
 #   - qemu-user (qemu-aarch64, qemu-arm) and the multiarch C libraries libc6:arm64 and
 #     libc6:armhf, which give qemu the ELF interpreter under /lib without -L;
-#   - binutils (readelf) and the host build tools (cmake, make, perl).
+#   - binutils (readelf) and the host build tools (cmake, make, perl);
+#   - debootstrap, qemu-user-static and binfmt-support for the Debian arm64/armhf roots
+#     of scripts/debian-root.sh (installing binfmt-support registers qemu-user-static's
+#     binfmt_misc entries system-wide: ARM ELF binaries then run through qemu).
 # It leaves the rustup toolchain in ~/.cargo/bin alone: rustc-web only adds
 # /usr/bin/rustc and /usr/bin/rustdoc, and every project script puts ~/.cargo/bin first
 # on PATH, so plain `cargo`/`rustc` stay the rustup ones. Only cross-build.sh sets
@@ -68,6 +71,10 @@ fi
 # The Rust packages must all be the same version (libstd-rust-web-dev is Multi-Arch:
 # same), so they are installed together in one apt run.
 pkgs=(rustc-web binutils cmake make perl g++ curl xz-utils)
+# Debian 12 roots of the ARM architectures (scripts/debian-root.sh: the armv7 smoke
+# test's C library, the ARM package tests): debootstrap, and qemu-user-static whose
+# binfmt_misc entries (enabled by binfmt-support's update-binfmts) carry the F flag.
+pkgs+=(debootstrap qemu-user-static binfmt-support)
 [[ $want_arm64 -eq 1 ]] && pkgs+=(
     libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu g++-aarch64-linux-gnu
     qemu-user libc6:arm64 libgcc-s1:arm64
@@ -154,6 +161,9 @@ if [[ $want_armhf -eq 1 ]]; then
         die "/usr/arm-linux-gnueabihf/lib/ld-linux-armhf.so.3 missing (libc6-armhf-cross)"
     need_cmds+=(arm-linux-gnueabihf-gcc arm-linux-gnueabihf-g++ qemu-arm)
 fi
+need_cmds+=(debootstrap update-binfmts)
+[[ $want_arm64 -eq 1 ]] && need_cmds+=(qemu-aarch64-static)
+[[ $want_armhf -eq 1 ]] && need_cmds+=(qemu-arm-static)
 for c in "${need_cmds[@]}"; do
     command -v "$c" >/dev/null || die "$c not found after install"
 done

@@ -4,7 +4,9 @@
 //! cargo xtask ci [ARGS]         the whole test suite as CI runs it: installs what is
 //!                               missing, then cargo fmt --check, clippy -D warnings,
 //!                               cargo test --workspace (ARGS go to cargo test), the
-//!                               Debian package test and the aarch64 cross smoke test
+//!                               Debian package test (amd64), the ARM cross builds with
+//!                               their qemu smoke tests (aarch64, armv7) and the ARM
+//!                               package tests in Debian arm64/armhf roots
 //! cargo xtask bench [--quick]   the benchmark (docs/BENCHMARKS.md)
 //! cargo xtask deb --arch A ...  build the Debian package (scripts/build-deb.sh)
 //! cargo xtask cross [TARGET]    cross-compile for ARM (scripts/cross-build.sh)
@@ -21,7 +23,7 @@ use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 const USAGE: &str = "usage: cargo xtask <ci|bench|deb|cross|demo|soak> [ARGS]
-  ci [CARGO TEST ARGS]   install deps, fmt --check, clippy -D warnings, tests, deb, cross smoke
+  ci [CARGO TEST ARGS]   install deps, fmt --check, clippy -D warnings, tests, deb, ARM smoke + debs
   bench [--quick] [...]  the benchmark (cargo xtask bench --help for its options)
   deb --arch A [...]     build the Debian package (scripts/build-deb.sh --help)
   cross [aarch64|armv7|all]  cross-compile for ARM (docs/CROSS.md)
@@ -124,7 +126,12 @@ fn ci(root: &Path, test_args: &[String]) -> Result<(), String> {
         .args(test_args);
     steps.push(("cargo test --workspace", test));
     steps.push(("Debian package test", bash("test-deb.sh")));
-    steps.push(("aarch64 cross build and smoke test", bash("cross-smoke.sh")));
+    let mut smoke = bash("cross-smoke.sh");
+    smoke.arg("all");
+    steps.push(("ARM cross builds and smoke tests (aarch64, armv7)", smoke));
+    let mut deb_arm = bash("test-deb-arm.sh");
+    deb_arm.arg("all");
+    steps.push(("ARM Debian package tests (arm64, armhf roots)", deb_arm));
     for (what, mut cmd) in steps {
         let t = Instant::now();
         eprintln!("xtask ci: == {what}");
