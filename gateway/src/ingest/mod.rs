@@ -182,10 +182,18 @@ impl Ingest {
                 }
                 quick_armed = due;
             }
+            // While rumqttc connects (no network yet), `poll()` must not be dropped:
+            // that would drop the half-made connection, after the broker may already
+            // have taken the session over. Acknowledgements cannot be written then
+            // anyway, and a reload is taken between two attempts.
+            let up = self.eventloop.network.is_some();
+            if !up && config_open && self.config.has_changed().unwrap_or(false) {
+                self.reconfigure();
+            }
             let event = tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => return Ok(()),
-                r = self.durable.changed(), if self.acker.waiting() => {
+                r = self.durable.changed(), if up && self.acker.waiting() => {
                     if r.is_err() {
                         anyhow::bail!("WAL thread stopped");
                     }
@@ -193,11 +201,11 @@ impl Ingest {
                     continue;
                 }
                 // A deferred quick TCP ACK (quickack.rs).
-                _ = &mut quick_timer, if quick_armed.is_some() => {
+                _ = &mut quick_timer, if up && quick_armed.is_some() => {
                     quick.fire();
                     continue;
                 }
-                r = self.config.changed(), if config_open => {
+                r = self.config.changed(), if up && config_open => {
                     match r {
                         Ok(()) => self.reconfigure(),
                         // No more reloads (the sender is gone with the runtime).
