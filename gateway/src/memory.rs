@@ -3,26 +3,52 @@
 
 use std::time::{Duration, Instant};
 
-/// Cap glibc's malloc arenas at [`MALLOC_ARENAS`] before any thread starts, unless the
-/// operator set `MALLOC_ARENA_MAX`. glibc gives threads that contend for the
-/// allocator arenas of their own, up to 8 per core. Payloads are allocated on the
-/// ingest thread and freed on the WAL, forwarder and librdkafka threads, and each
-/// arena keeps its own free memory. Capping them lowers the peak RSS under full load
-/// (docs/BENCHMARKS.md, 5).
-pub fn limit_malloc_arenas() {
+/// Set glibc's malloc up for a small, steady RSS before any thread starts; each
+/// setting the operator gave in the environment (`MALLOC_ARENA_MAX`,
+/// `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`) is left alone.
+///
+/// - Arenas capped at [`MALLOC_ARENAS`]. glibc gives threads that contend for the
+///   allocator arenas of their own, up to 8 per core. Payloads are allocated on the
+///   ingest thread and freed on the WAL, forwarder and librdkafka threads, and each
+///   arena keeps its own free memory.
+/// - Fixed mmap and trim thresholds ([`MMAP_THRESHOLD`], [`TRIM_THRESHOLD`]). glibc
+///   raises both each time a block served by mmap is freed, up to 32 MiB: after
+///   librdkafka frees its first produce requests (about 1 MiB each), every later one
+///   comes from the heap, and the heap keeps up to twice that much free memory instead
+///   of returning it. Under full load the peak then grows with the forwarder's lag.
+///
+/// docs/BENCHMARKS.md, 5.
+pub fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        #[allow(unsafe_code)]
-        // SAFETY: mallopt only sets an allocator parameter; no thread has started yet.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
+    for (var, param, value) in [
+        ("MALLOC_ARENA_MAX", libc::M_ARENA_MAX, MALLOC_ARENAS),
+        ("MALLOC_MMAP_THRESHOLD_", libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+        ("MALLOC_TRIM_THRESHOLD_", libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+    ] {
+        if std::env::var_os(var).is_none() {
+            #[allow(unsafe_code)]
+            // SAFETY: mallopt only sets an allocator parameter; no thread has started yet.
+            unsafe {
+                libc::mallopt(param, value);
+            }
         }
     }
 }
 
-/// See [`limit_malloc_arenas`].
+/// See [`tune_malloc`].
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const MALLOC_ARENAS: libc::c_int = 2;
+
+/// Blocks from this size up get their own mapping, returned to the system when freed
+/// (librdkafka's produce requests and fetch buffers, redb's large pages). See
+/// [`tune_malloc`].
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD: libc::c_int = 256 * 1024;
+
+/// Free memory at the top of the main heap beyond this is returned at once. See
+/// [`tune_malloc`].
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const TRIM_THRESHOLD: libc::c_int = 1024 * 1024;
 
 /// Hand the allocator's free memory back to the system (glibc's `malloc_trim`, which
 /// also releases free pages inside the heaps of every arena). glibc on its own only

@@ -247,7 +247,7 @@ pub fn main() -> ExitCode {
                 }
             };
             let log = init_logging(&loaded.config.log);
-            crate::memory::limit_malloc_arenas();
+            crate::memory::tune_malloc();
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
