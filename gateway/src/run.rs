@@ -20,6 +20,9 @@ use crate::view::AdminView;
 use crate::writer::{self, WriterOptions};
 use crate::{ingest, sdnotify, state};
 
+/// Capacity of the channel from the MQTT ingest to the WAL thread (messages).
+const INGEST_QUEUE: usize = 4096;
+
 /// Why the gateway stopped with an error; maps to the exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -200,8 +203,13 @@ pub async fn run_with(
         admin_token.clone(),
     ));
 
-    // WAL thread.
-    let (wal_tx, wal_rx) = mpsc::channel(16_384);
+    // WAL thread. The channel from the ingest is what arrives while the WAL thread is
+    // busy with one commit (an fsync, a checkpoint): 4,096 messages are about 60 ms at
+    // full speed. When it is full the ingest waits and the broker keeps the rest; each
+    // message waiting here costs about 0.5 KiB of RSS (256-byte payloads), and
+    // Mosquitto 2.0.11 was seen to send 24,000 unacknowledged messages with
+    // `max_inflight_messages 1000` (docs/BENCHMARKS.md, 5).
+    let (wal_tx, wal_rx) = mpsc::channel(INGEST_QUEUE);
     let (durable_tx, durable_rx) = watch::channel(0u64);
     let (events_tx, events_rx) = stdmpsc::channel();
     let wake_pending = Arc::new(AtomicBool::new(false));
