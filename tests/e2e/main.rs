@@ -83,6 +83,7 @@ fn main() {
         basic::ten_thousand_qos1_messages_mapped_keyed_ordered,
         basic::qos0_qos2_binary_and_empty_payloads,
         basic::admin_backlog_and_metrics,
+        basic::large_messages_pass_the_ingest_budget,
         admin_auth::admin_token_guards_the_api_and_rotates_on_sighup,
         admin_tls::admin_api_over_https_with_a_renewed_certificate,
         peek::records_pages_the_backlog_with_previews,

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use backoff::backoff::Backoff;
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Loaded;
@@ -63,7 +63,15 @@ struct Ingest {
     user_subscriptions: usize,
     /// The broker's counters (`mqtt.broker_stats`).
     broker: Option<Watch>,
+    /// Bytes of messages received and not yet committed and synced ([`QUEUE_BYTES`]).
+    queue_bytes: Arc<Semaphore>,
 }
+
+/// Most bytes (payload and topic) of messages received and not yet durable in the WAL:
+/// what waits in the channel to the WAL thread, in its batch and for its fsync. The
+/// channel's count (4,096) bounds small messages; this bounds large ones (at 64 KiB,
+/// 128 of them), whatever the broker sends before it gets the PUBACKs.
+const QUEUE_BYTES: usize = 8 << 20;
 
 /// Run MQTT ingest until `shutdown` is cancelled; then acknowledge what is already
 /// durable, disconnect and return. `session` is the WAL's MQTT session state.
@@ -104,6 +112,7 @@ pub async fn run(
         subscriptions,
         user_subscriptions,
         broker,
+        queue_bytes: Arc::new(Semaphore::new(QUEUE_BYTES)),
     };
     ingest.serve().await?;
     ingest.stop().await;
@@ -282,6 +291,17 @@ impl Ingest {
         Ok(())
     }
 
+    /// Wait until the messages on their way to the WAL hold less than [`QUEUE_BYTES`]
+    /// (a message larger than that waits until it is alone).
+    async fn take_budget(&mut self, bytes: usize) -> anyhow::Result<OwnedSemaphorePermit> {
+        let n = bytes.clamp(1, QUEUE_BYTES) as u32;
+        let take = self.queue_bytes.clone().acquire_many_owned(n);
+        match state::beating(&self.shared.heartbeats.ingest, take).await {
+            Ok(permit) => Ok(permit),
+            Err(_) => anyhow::bail!("ingest memory budget closed"),
+        }
+    }
+
     /// Send an ingest command to the WAL thread (numbered by the acker).
     async fn send_to_wal(&mut self, cmd: WalCmd) -> anyhow::Result<()> {
         self.acker.next_ticket();
@@ -325,6 +345,7 @@ impl Ingest {
             },
         }
         let (pkid, qos) = (p.pkid, p.qos);
+        let budget = self.take_budget(p.payload.len() + p.topic.len()).await?;
         let pending = Pending {
             topic: p.topic,
             payload: p.payload,
@@ -333,6 +354,7 @@ impl Ingest {
             dup: p.dup,
             receive_time_ms: now_ms(),
             qos2_pkid,
+            budget: Some(budget),
         };
         self.send_to_wal(WalCmd::Append(pending)).await?;
         match qos {

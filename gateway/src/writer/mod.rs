@@ -60,6 +60,9 @@ pub struct Pending {
     /// For a QoS 2 message: its packet id, remembered with the record until the broker
     /// releases it (`wal::session`).
     pub qos2_pkid: Option<u16>,
+    /// Its share of the ingest's memory budget (`ingest::QUEUE_BYTES`), handed back
+    /// when the message is dropped: committed and synced, or given up.
+    pub budget: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Pending {

@@ -21,6 +21,7 @@ fn pending(i: u8) -> Pending {
         dup: false,
         receive_time_ms: 0,
         qos2_pkid: None,
+        budget: None,
     }
 }
 
@@ -152,6 +153,28 @@ fn sync_linger_shows_records_at_once_and_acknowledges_after_one_fsync() {
     r.thread.join().expect("WAL thread panicked");
     // A clean stop checkpoints: nothing left to replay.
     assert_eq!(r.wal.journal_len(), wal::journal::HEADER_LEN);
+}
+
+/// The ingest's memory budget held by a message comes back when its record is durable
+/// (after the fsync, not at the commit that made it visible).
+#[test]
+fn the_ingest_budget_comes_back_once_the_record_is_durable() {
+    let budget = Arc::new(tokio::sync::Semaphore::new(100));
+    let r = start(Duration::ZERO, Duration::from_secs(1));
+    let mut p = pending(1);
+    p.budget = Some(budget.clone().try_acquire_many_owned(60).unwrap());
+    r.tx.blocking_send(WalCmd::Append(p)).unwrap();
+    wait("the record to be visible", || r.wal.stats().records == 1);
+    assert_eq!(*r.durable.borrow(), 0);
+    assert_eq!(
+        budget.available_permits(),
+        40,
+        "the budget came back before the record was durable"
+    );
+    wait("the budget", || budget.available_permits() == 100);
+    assert_eq!(*r.durable.borrow(), 1);
+    drop(r.tx);
+    r.thread.join().expect("WAL thread panicked");
 }
 
 /// The ingest goes away while a committed append waits for its fsync: the WAL
