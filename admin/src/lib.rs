@@ -124,8 +124,27 @@ pub struct Snapshot {
     /// How long each durable WAL commit took (write and fsync): `/metrics` only.
     #[serde(skip)]
     pub wal_commit_seconds: Histogram,
+    /// How long each WAL checkpoint took: `/metrics` only.
+    #[serde(skip)]
+    pub wal_checkpoint_seconds: Histogram,
+    /// Record receipt to durable in the WAL, to handed to the Kafka producer, and to
+    /// acknowledged by Kafka: `/metrics` only.
+    #[serde(skip)]
+    pub record_latency: RecordLatency,
     /// The configuration file and its reloads (SIGHUP).
     pub config: ConfigStatus,
+}
+
+/// Where records' time goes between their receipt and Kafka's acknowledgement, each
+/// stage counted from the receipt.
+#[derive(Debug, Clone, Default)]
+pub struct RecordLatency {
+    /// Receipt to durable in the WAL (the MQTT acknowledgement may go).
+    pub durable: Histogram,
+    /// Receipt to handed to the Kafka producer.
+    pub produced: Histogram,
+    /// Receipt to acknowledged by Kafka (the delivery report).
+    pub delivered: Histogram,
 }
 
 /// The configuration file as the gateway runs it.

@@ -194,6 +194,30 @@ pub(crate) fn render(s: &Snapshot) -> String {
         "Durable WAL commits by duration (writes and fsync): MQTT acknowledgements wait for them; a slow or failing SD card shows here first.",
         &s.wal_commit_seconds,
     );
+    histogram(
+        &mut out,
+        "mkg_wal_checkpoint_duration_seconds",
+        "WAL checkpoints (the journal written into the database file, durably) by duration: the WAL thread commits nothing else meanwhile.",
+        &s.wal_checkpoint_seconds,
+    );
+    histogram(
+        &mut out,
+        "mkg_record_durable_latency_seconds",
+        "Records by time from their receipt to durable in the WAL (their MQTT acknowledgement may go).",
+        &s.record_latency.durable,
+    );
+    histogram(
+        &mut out,
+        "mkg_record_produce_latency_seconds",
+        "Records by time from their receipt to handed to the Kafka producer (millisecond timestamps).",
+        &s.record_latency.produced,
+    );
+    histogram(
+        &mut out,
+        "mkg_record_delivery_latency_seconds",
+        "Records by time from their receipt to acknowledged by Kafka (millisecond timestamps).",
+        &s.record_latency.delivered,
+    );
     build_info(&mut out, s);
     out
 }

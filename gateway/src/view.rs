@@ -239,6 +239,12 @@ impl admin::Source for AdminView {
             },
             counters: c.snapshot(),
             wal_commit_seconds: s.commit_times.histogram(),
+            wal_checkpoint_seconds: s.checkpoint_times.histogram(),
+            record_latency: admin::RecordLatency {
+                durable: s.to_durable.histogram(),
+                produced: s.to_produced.histogram(),
+                delivered: s.to_delivered.histogram(),
+            },
             config: {
                 let c = s.config.lock().unwrap_or_else(|e| e.into_inner());
                 admin::ConfigStatus {

@@ -337,13 +337,21 @@ impl Kafka {
 
     /// Create `topic` with `partitions` partitions (for brokers without auto-create).
     pub fn create_topic(&self, topic: &str, partitions: i32) {
+        self.create_topic_with(topic, partitions, &[]);
+    }
+
+    /// Create `topic` with topic-level `configs` (e.g. `message.timestamp.type`).
+    pub fn create_topic_with(&self, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
         use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
         use rdkafka::client::DefaultClientContext;
         let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", self.bootstrap())
             .create()
             .expect("admin client");
-        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        for (k, v) in configs {
+            new = new.set(k, v);
+        }
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
         let res = runtime()
             .block_on(admin.create_topics([&new], &opts))

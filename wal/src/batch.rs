@@ -220,4 +220,6 @@ pub struct CommitOutcome {
     pub dead_letters_replayed: u64,
     /// Dead letters dropped for the cap.
     pub dead_letters_dropped: u64,
+    /// The commit was a checkpoint: the journal went into the database file, durably.
+    pub checkpointed: bool,
 }

@@ -147,7 +147,7 @@ impl Wal {
             txn.set_quick_repair(true);
         }
         let mut stats = before;
-        let outcome = {
+        let mut outcome = {
             let mut tables = Tables {
                 records: txn.open_table(RECORDS)?,
                 dead: txn.open_table(DEAD_LETTER)?,
@@ -191,6 +191,7 @@ impl Wal {
             }
             return Err(e.into());
         }
+        outcome.checkpointed = checkpoint;
         if let Some(j) = journal.as_mut().filter(|_| journaling) {
             j.lsn = lsn;
             if checkpoint {

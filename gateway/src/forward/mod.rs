@@ -300,6 +300,11 @@ impl Forwarder {
         }
         match error {
             None => {
+                if let Some(received) = self.window.received_ms(seq) {
+                    self.shared
+                        .to_delivered
+                        .record_ms(crate::ingest::now_ms().saturating_sub(received));
+                }
                 self.window.done(seq);
                 self.rebuild_delay = FIRST_REBUILD_DELAY;
                 if self.suspects.remove(&seq) == Some(Suspect::Restamped) {

@@ -33,13 +33,14 @@ pub(super) enum SendError {
 
 /// What became of one record read.
 enum Outcome {
-    Sent(u32),
+    /// Handed to the producer (window bytes, receipt in Unix ms).
+    Sent(u32, u64),
     /// Parked at once (no valid topic for it, or refused by the producer for good).
     Dead(String),
     /// Its topic is held: it waits.
-    Held(u32, Arc<str>),
+    Held(u32, u64, Arc<str>),
     /// The producer refused its topic just now: hold the topic.
-    Refused(u32, Arc<str>, String),
+    Refused(u32, u64, Arc<str>, String),
     /// Its topic is past the grace: parked as read.
     Parked(Arc<str>),
 }
@@ -120,6 +121,7 @@ impl Forwarder {
             // The WAL stops at `room_bytes` of records as stored; the window counts
             // more per record (window_cost), so this pass stops on its own count too.
             let mut spent = 0usize;
+            let now_ms = crate::ingest::now_ms();
             let read = wal.for_each_from(cursor, room.min(2048), room_bytes, |seq, rec| {
                 let bytes = window_cost(&rec, keyed, gateway_id);
                 let topic = match self.router.route(rec.topic) {
@@ -135,7 +137,7 @@ impl Forwarder {
                         return ControlFlow::Continue(());
                     }
                     Some(_) => {
-                        outcomes.push((seq, Outcome::Held(bytes, topic)));
+                        outcomes.push((seq, Outcome::Held(bytes, rec.receive_time_ms, topic)));
                         return ControlFlow::Continue(());
                     }
                     None => {}
@@ -149,7 +151,11 @@ impl Forwarder {
                 }
                 match self.send(seq, &rec, &topic) {
                     Ok(()) => {
-                        outcomes.push((seq, Outcome::Sent(bytes)));
+                        let received = rec.receive_time_ms;
+                        self.shared
+                            .to_produced
+                            .record_ms(now_ms.saturating_sub(received));
+                        outcomes.push((seq, Outcome::Sent(bytes, received)));
                         spent += bytes as usize;
                         if spent >= room_bytes {
                             return ControlFlow::Break(());
@@ -162,9 +168,10 @@ impl Forwarder {
                     Err(SendError::Permanent(reason)) => {
                         outcomes.push((seq, Outcome::Dead(reason)))
                     }
-                    Err(SendError::Topic(reason)) => {
-                        outcomes.push((seq, Outcome::Refused(bytes, topic, reason)))
-                    }
+                    Err(SendError::Topic(reason)) => outcomes.push((
+                        seq,
+                        Outcome::Refused(bytes, rec.receive_time_ms, topic, reason),
+                    )),
                     Err(SendError::Retry(reason)) => {
                         self.need_rebuild.get_or_insert(reason);
                         return ControlFlow::Break(());
@@ -201,7 +208,7 @@ impl Forwarder {
     /// Record in the window (and the holds) what became of record `seq`.
     fn apply(&mut self, seq: u64, outcome: Outcome) {
         match outcome {
-            Outcome::Sent(bytes) => self.window.sent(seq, bytes),
+            Outcome::Sent(bytes, received) => self.window.sent(seq, bytes, received),
             Outcome::Dead(reason) => {
                 self.suspects.remove(&seq);
                 tracing::warn!(seq, %reason, "record cannot be sent; parking it in the dead-letter table");
@@ -212,12 +219,12 @@ impl Forwarder {
                 self.dead_letter(seq, reason);
                 self.window.skipped(seq);
             }
-            Outcome::Held(bytes, topic) => {
-                self.window.held(seq, bytes);
+            Outcome::Held(bytes, received, topic) => {
+                self.window.held(seq, bytes, received);
                 self.holds.add(&topic, seq);
             }
-            Outcome::Refused(bytes, topic, reason) => {
-                self.window.held(seq, bytes);
+            Outcome::Refused(bytes, received, topic, reason) => {
+                self.window.held(seq, bytes, received);
                 self.hold_topic(&topic, seq, &reason);
             }
             Outcome::Parked(topic) => {

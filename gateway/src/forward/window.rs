@@ -21,6 +21,8 @@ use std::collections::BTreeMap;
 struct Open {
     bytes: u32,
     held: bool,
+    /// Its receipt, Unix ms (the delivery latency).
+    received_ms: u64,
 }
 
 /// Records read and not done, and the watermark.
@@ -83,10 +85,24 @@ impl AckWindow {
         self.cursor = seq + 1;
     }
 
-    /// Record `seq` (at or after the cursor) was handed to the producer.
-    pub fn sent(&mut self, seq: u64, bytes: u32) {
+    /// When open record `seq` was received (Unix ms).
+    pub fn received_ms(&self, seq: u64) -> Option<u64> {
+        self.open.get(&seq).map(|o| o.received_ms)
+    }
+
+    /// Record `seq` (at or after the cursor), received at `received_ms`, was handed
+    /// to the producer.
+    pub fn sent(&mut self, seq: u64, bytes: u32, received_ms: u64) {
         self.read(seq);
-        self.open.insert(seq, Open { bytes, held: false });
+        let held = false;
+        self.open.insert(
+            seq,
+            Open {
+                bytes,
+                held,
+                received_ms,
+            },
+        );
         self.in_flight += 1;
         self.in_flight_bytes += bytes as usize;
     }
@@ -96,10 +112,19 @@ impl AckWindow {
         self.read(seq);
     }
 
-    /// Record `seq` (at or after the cursor) is held back unsent.
-    pub fn held(&mut self, seq: u64, bytes: u32) {
+    /// Record `seq` (at or after the cursor), received at `received_ms`, is held
+    /// back unsent.
+    pub fn held(&mut self, seq: u64, bytes: u32, received_ms: u64) {
         self.read(seq);
-        self.open.insert(seq, Open { bytes, held: true });
+        let held = true;
+        self.open.insert(
+            seq,
+            Open {
+                bytes,
+                held,
+                received_ms,
+            },
+        );
     }
 
     /// Kafka is done with `seq` (delivered or parked). False when it was not open (a
@@ -264,8 +289,8 @@ mod tests {
                         let seq = m.cursor();
                         match how {
                             0 => { w.skipped(seq); m.states.push(State::Done); }
-                            1 => { w.held(seq, bytes); m.states.push(State::Held(bytes)); }
-                            _ => { w.sent(seq, bytes); m.states.push(State::InFlight(bytes)); }
+                            1 => { w.held(seq, bytes, 0); m.states.push(State::Held(bytes)); }
+                            _ => { w.sent(seq, bytes, 0); m.states.push(State::InFlight(bytes)); }
                         }
                     }
                     Action::Done(i) => {
@@ -322,7 +347,7 @@ mod tests {
     fn reports_out_of_order_move_the_watermark_only_over_a_contiguous_prefix() {
         let mut w = AckWindow::new(10);
         for seq in 10..15 {
-            w.sent(seq, 100);
+            w.sent(seq, 100, 0);
         }
         assert_eq!(w.watermark(), 9);
         assert!(w.done(12));
@@ -333,7 +358,7 @@ mod tests {
         // A held record keeps the prefix behind it, not the reads after it.
         assert!(w.hold(13));
         assert!(w.done(14));
-        w.sent(20, 5);
+        w.sent(20, 5, 0);
         assert!(w.done(20));
         assert_eq!((w.watermark(), w.in_flight(), w.open()), (12, 0, 1));
         assert!(w.resend(13));

@@ -34,7 +34,7 @@ use connect::{mqtt_options, qos_u8, subscriptions};
 use session::{Qos2, Session};
 
 /// The receive time stamped on a record (milliseconds since the epoch).
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -353,6 +353,7 @@ impl Ingest {
             retain: p.retain,
             dup: p.dup,
             receive_time_ms: now_ms(),
+            received: std::time::Instant::now(),
             qos2_pkid,
             budget: Some(budget),
         };

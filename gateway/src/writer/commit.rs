@@ -126,6 +126,9 @@ impl WalThread {
                     if matches!(durability, Durability::Immediate) {
                         self.shared.commit_times.record(started.elapsed());
                     }
+                    if outcome.checkpointed {
+                        self.shared.checkpoint_times.record(started.elapsed());
+                    }
                     if failing {
                         tracing::info!("WAL commits succeed again; acknowledging MQTT messages");
                         self.shared.wal_writable.store(true, Relaxed);
@@ -391,6 +394,14 @@ impl WalThread {
 
     /// `entries` are durable: release their MQTT acknowledgements (rule 1).
     pub(crate) fn publish(&mut self, entries: &[Entry]) {
+        let now = Instant::now();
+        for e in entries {
+            if let Entry::Record(p) = e {
+                self.shared
+                    .to_durable
+                    .record(now.saturating_duration_since(p.received));
+            }
+        }
         self.durable_count += entries.len() as u64;
         self.shared
             .counters

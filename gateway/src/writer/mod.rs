@@ -57,6 +57,8 @@ pub struct Pending {
     pub dup: bool,
     /// Receive time, Unix ms.
     pub receive_time_ms: u64,
+    /// Receive time, for the latency figures (`mkg_record_durable_latency_seconds`).
+    pub received: std::time::Instant,
     /// For a QoS 2 message: its packet id, remembered with the record until the broker
     /// releases it (`wal::session`).
     pub qos2_pkid: Option<u16>,

@@ -20,6 +20,7 @@ fn pending(i: u8) -> Pending {
         retain: false,
         dup: false,
         receive_time_ms: 0,
+        received: std::time::Instant::now(),
         qos2_pkid: None,
         budget: None,
     }

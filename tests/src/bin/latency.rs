@@ -10,8 +10,11 @@
 //! `loadgen`, the checker's format with the send time in Unix microseconds). For each
 //! message, the first time it is read, latency = read time - send time (same host,
 //! same clock). Prints one JSON line: count, duplicates, p50/p90/p99/p99.9/max in ms,
-//! and p50/p99 of the first leg, publish -> gateway receive (the record's
-//! `gateway.received_at_ms` header; millisecond resolution).
+//! and the same quantiles of the stages on the way, each counted from the publish:
+//! `receive` (the record's `gateway.received_at_ms` header, absent for the naive
+//! pipeline) and `append` (the record's timestamp when the topic has
+//! `message.timestamp.type=LogAppendTime`: when Kafka appended it); millisecond
+//! resolution both. `read` - `append` is the meter's own consumer.
 //! Exit code 1 if not every message arrived before the timeout.
 
 use std::collections::HashSet;
@@ -20,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use harness::checker::message_id;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Message, Offset, Timestamp, TopicPartitionList};
 
 fn usage() -> ! {
     eprintln!(
@@ -101,6 +104,7 @@ fn main() -> std::process::ExitCode {
     let mut seen: HashSet<Vec<u8>> = HashSet::with_capacity(n);
     let mut lat_us: Vec<u64> = Vec::with_capacity(n);
     let mut to_gw_ms: Vec<u64> = Vec::with_capacity(n);
+    let mut to_append_ms: Vec<u64> = Vec::with_capacity(n);
     let mut dups = 0u64;
     let deadline = Instant::now() + Duration::from_secs(timeout);
     while seen.len() < n && Instant::now() < deadline {
@@ -136,11 +140,27 @@ fn main() -> std::process::ExitCode {
             if let Some(r) = received_ms {
                 to_gw_ms.push(r.saturating_sub(sent / 1000));
             }
+            if let Timestamp::LogAppendTime(a) = m.timestamp() {
+                to_append_ms.push((a.max(0) as u64).saturating_sub(sent / 1000));
+            }
         }
     }
     lat_us.sort_unstable();
     to_gw_ms.sort_unstable();
+    to_append_ms.sort_unstable();
     let ms = |us: u64| (us as f64 / 10.0).round() / 100.0;
+    // Quantiles of a millisecond stage; null when no record carried it.
+    let stage = |v: &[u64]| {
+        if v.is_empty() {
+            return serde_json::Value::Null;
+        }
+        serde_json::json!({
+            "p50_ms": quantile(v, 0.50),
+            "p99_ms": quantile(v, 0.99),
+            "p999_ms": quantile(v, 0.999),
+            "max_ms": v.last().copied().unwrap_or(0),
+        })
+    };
     let line = serde_json::json!({
         "messages": n,
         "received": seen.len(),
@@ -152,6 +172,8 @@ fn main() -> std::process::ExitCode {
         "max_ms": ms(lat_us.last().copied().unwrap_or(0)),
         "to_gateway_p50_ms": quantile(&to_gw_ms, 0.50),
         "to_gateway_p99_ms": quantile(&to_gw_ms, 0.99),
+        "receive": stage(&to_gw_ms),
+        "append": stage(&to_append_ms),
     });
     println!("{line}");
     if seen.len() < n {

@@ -29,6 +29,7 @@
 //! whole bench. At the end every message of every run must be in Kafka.
 
 mod curve;
+mod latency;
 mod opts;
 mod phases;
 mod probe;
@@ -53,6 +54,8 @@ type Res<T> = Result<T, String>;
 
 /// Topics of the Kafka checks: the gateway's (`bench`, `big`) and the ceilings'.
 const TOPICS: [&str; 5] = ["bench", "big", "kcatref", "kprodref", "naive"];
+/// Topics whose records carry Kafka's append time (the latency stages).
+const APPEND_TIME_TOPICS: [&str; 2] = ["bench", latency::NAIVE_TOPIC];
 /// MQTT topics per publisher.
 const TOPICS_PER_PUBLISHER: u64 = 8;
 
@@ -256,8 +259,11 @@ fn run(o: &Opts, dir: &Path) -> Res<()> {
     // save blocks its only thread and stalls delivery to every subscriber.
     let mq = Mosquitto::start_with(&format!("autosave_interval {}", o.autosave));
     let kafka = Kafka::start();
-    for t in TOPICS {
+    for t in TOPICS.iter().filter(|t| !APPEND_TIME_TOPICS.contains(t)) {
         kafka.create_topic(t, 3);
+    }
+    for t in APPEND_TIME_TOPICS {
+        kafka.create_topic_with(t, 3, &[("message.timestamp.type", "LogAppendTime")]);
     }
     let mut b = Bench {
         o,

@@ -12,7 +12,9 @@ release gateway and the tools first.
   --e2e N                  messages for 3, gateway and naive each [1000000; 200000]
   --backlog N              backlog drained in 2 [1000000; 200000]
   --big-backlog N          backlog of 5 and 7 [10000000; 1000000]
-  --lat-secs S             seconds of load per latency rate [30; 10]
+  --lat-secs S             seconds of load per latency rate and repetition [30; 10]
+  --lat-reps R             repetitions of the latency runs (gateway and naive pipeline,
+                           at each rate) [3; 1]
   --big-secs S             seconds the gateway drains the big backlog (RSS) [15; 5]
   --publishers N           MQTT publishers [4]
   --inflight N             unacknowledged messages per publisher [1000]
@@ -43,6 +45,7 @@ pub struct Opts {
     pub backlog: u64,
     pub big: u64,
     pub lat_secs: u64,
+    pub lat_reps: u64,
     pub big_secs: u64,
     pub publishers: u32,
     pub inflight: u32,
@@ -71,6 +74,7 @@ impl Opts {
             backlog: q(1_000_000, 200_000),
             big: q(10_000_000, 1_000_000),
             lat_secs: q(30, 10),
+            lat_reps: q(3, 1),
             big_secs: q(15, 5),
             publishers: 4,
             inflight: 1000,
@@ -102,6 +106,7 @@ impl Opts {
                 "--backlog" => o.backlog = num(flag, value()?)?,
                 "--big-backlog" => o.big = num(flag, value()?)?,
                 "--lat-secs" => o.lat_secs = num(flag, value()?)?,
+                "--lat-reps" => o.lat_reps = num(flag, value()?)?,
                 "--big-secs" => o.big_secs = num(flag, value()?)?,
                 "--publishers" => o.publishers = num(flag, value()?)?,
                 "--inflight" => o.inflight = num(flag, value()?)?,
@@ -135,7 +140,13 @@ impl Opts {
                 "--size must be at least 64 (the payload carries ids and a send time)".into(),
             );
         }
-        if o.publishers == 0 || o.lat_secs == 0 || o.ingest == 0 || o.e2e == 0 || o.backlog == 0 {
+        if o.publishers == 0
+            || o.lat_secs == 0
+            || o.lat_reps == 0
+            || o.ingest == 0
+            || o.e2e == 0
+            || o.backlog == 0
+        {
             return Err("counts, publishers and seconds must be > 0".into());
         }
         Ok(o)

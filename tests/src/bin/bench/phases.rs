@@ -9,7 +9,6 @@ use std::time::Duration;
 use crate::probe::{self, Metrics};
 use crate::{
     last_json, now_ms, read_topic, round1, round2, say, wait_sampling, write_records, Bench, Res,
-    Running,
 };
 
 impl Bench<'_> {
@@ -252,9 +251,7 @@ impl Bench<'_> {
             .put("rss_after_burst_kb", probe::status_kb(pid, "VmRSS"));
 
         self.naive(n)?;
-        for rate in [1000, 10000] {
-            self.latency(&mut gw, rate, "load/lat", &format!("lat{rate}"), "")?;
-        }
+        self.latencies(&mut gw)?;
         gw.stop();
         Ok(())
     }
@@ -265,22 +262,7 @@ impl Bench<'_> {
             "3b. naive pipeline: mosquitto_sub -q 1 | kcat -P, {n} messages"
         ));
         let mut sub = self.mosquitto_sub("naive", "naive/#", n, Stdio::piped())?;
-        let mut kcat = Command::new("kcat")
-            .args(["-P", "-b", &self.bootstrap(), "-t", "naive"])
-            .args([
-                "-X",
-                "acks=all",
-                "-X",
-                "enable.idempotence=true",
-                "-X",
-                "linger.ms=5",
-            ])
-            .args([
-                "-X",
-                "batch.num.messages=10000",
-                "-X",
-                "queue.buffering.max.messages=1000000",
-            ])
+        let mut kcat = crate::latency::kcat_producer(&self.bootstrap(), "naive")
             .stdin(sub.stdout.take().ok_or("no pipe")?)
             .spawn()
             .map_err(|e| format!("kcat: {e}"))?;
@@ -293,97 +275,6 @@ impl Bench<'_> {
         self.r.put("naive_rate", n * 1000 / (end_ms - start).max(1));
         let count = read_topic(&self.bootstrap(), "naive", |_| {})?;
         self.r.put("naive_in_kafka", count);
-        Ok(())
-    }
-
-    /// Phase 4: latency at `rate` msg/s, with the WAL's commit and disk figures at that
-    /// rate; messages published under `prefix` as run `run_id`, figures named
-    /// `{key}latency_{rate}`, `{key}wa_{rate}`...
-    pub(crate) fn latency(
-        &mut self,
-        gw: &mut Running,
-        rate: u64,
-        prefix: &str,
-        run_id: &str,
-        key: &str,
-    ) -> Res<()> {
-        let o = self.o;
-        let n = rate * o.lat_secs;
-        say(format!(
-            "4. latency at {rate} msg/s: {n} messages ({run_id})"
-        ));
-        let err_path = self.dir.join(format!("{key}latency_{rate}.err"));
-        let lat = self
-            .tool("latency")
-            .args([
-                "--bootstrap",
-                &self.bootstrap(),
-                "--topic",
-                "bench",
-                "--run-id",
-                run_id,
-            ])
-            .args([
-                "--messages",
-                &n.to_string(),
-                "--timeout",
-                &(o.lat_secs + 120).to_string(),
-            ])
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&err_path).map_err(|e| e.to_string())?)
-            .spawn()
-            .map_err(|e| format!("latency: {e}"))?;
-        self.wait_ready_line(&err_path, "latency consumer")?;
-        let pid = gw.pid();
-        let m0 = Metrics::scrape(gw.admin());
-        let w0 = probe::write_bytes(pid);
-        self.loadgen(prefix, n, run_id, rate)?;
-        let out = lat.wait_with_output().map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(format!(
-                "latency at {rate}: {}",
-                std::fs::read_to_string(&err_path).unwrap_or_default()
-            ));
-        }
-        self.r.put(
-            &format!("{key}latency_{rate}"),
-            last_json(&out.stdout, "latency")?,
-        );
-        gw.wait_metric("an empty backlog", Duration::from_secs(60), |m| {
-            m.get("mkg_backlog_records") == 0
-        })?;
-        let m1 = Metrics::scrape(gw.admin());
-        let d = |k: &str| m1.get(k).saturating_sub(m0.get(k));
-        let (records, commits, syncs) = (
-            d("mkg_wal_records_committed_total"),
-            d("mkg_wal_commits_total"),
-            d("mkg_wal_syncs_total"),
-        );
-        let secs = o.lat_secs as f64;
-        self.r.put(
-            &format!("{key}wa_{rate}"),
-            round2((probe::write_bytes(pid) - w0) as f64 / (n * o.size as u64) as f64),
-        );
-        self.r.put(
-            &format!("{key}batch_{rate}"),
-            round1(records as f64 / commits.max(1) as f64),
-        );
-        self.r.put(
-            &format!("{key}commits_per_s_{rate}"),
-            (commits as f64 / secs).round() as u64,
-        );
-        self.r.put(
-            &format!("{key}sync_batch_{rate}"),
-            round1(records as f64 / syncs.max(1) as f64),
-        );
-        self.r.put(
-            &format!("{key}syncs_per_s_{rate}"),
-            (syncs as f64 / secs).round() as u64,
-        );
-        self.r.put(
-            &format!("{key}commit_times_{rate}"),
-            probe::commit_times(&m0, &m1),
-        );
         Ok(())
     }
 
@@ -554,10 +445,13 @@ impl Bench<'_> {
         let o = self.o;
         let mut expected = vec![
             ("e2e".to_string(), o.e2e),
-            ("lat1000".to_string(), 1000 * o.lat_secs),
-            ("lat10000".to_string(), 10000 * o.lat_secs),
             ("backlog".to_string(), o.backlog),
         ];
+        for rep in 1..=o.lat_reps {
+            for rate in crate::latency::RATES {
+                expected.push((format!("lat{rate}r{rep}"), rate * o.lat_secs));
+            }
+        }
         for ms in &o.sd_card {
             for rate in crate::sdcard::SD_RATES {
                 expected.push((format!("sd{ms}lat{rate}"), rate * o.lat_secs));

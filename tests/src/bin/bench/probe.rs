@@ -160,52 +160,115 @@ impl Metrics {
         self.0.get(series).copied().unwrap_or(0.0) as u64
     }
 
-    /// The WAL commit-duration histogram: cumulative count by upper bound.
-    fn commit_buckets(&self) -> BTreeMap<String, u64> {
-        self.0
+    /// A histogram family's cumulative counts by upper bound, ascending (`+Inf` last).
+    fn buckets(&self, family: &str) -> Vec<(f64, u64)> {
+        let prefix = format!("{family}_bucket{{le=\"");
+        let mut v: Vec<(f64, u64)> = self
+            .0
             .iter()
             .filter_map(|(k, v)| {
-                let le = k
-                    .strip_prefix("mkg_wal_commit_duration_seconds_bucket{le=\"")?
-                    .strip_suffix("\"}")?;
-                Some((le.to_string(), *v as u64))
+                let le = k.strip_prefix(&prefix)?.strip_suffix("\"}")?;
+                let bound = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((bound, *v as u64))
             })
-            .collect()
+            .collect();
+        v.sort_by(|x, y| x.0.total_cmp(&y.0));
+        v
     }
 }
 
-/// What changed in the commit-duration histogram between two scrapes: commits, their
-/// p99 bucket and the share over 20 ms.
-pub fn commit_times(before: &Metrics, after: &Metrics) -> String {
-    let a = before.commit_buckets();
-    let d: Vec<(f64, String, u64)> = after
-        .commit_buckets()
+/// What histogram `family` gained between two scrapes: cumulative counts by upper
+/// bound, ascending.
+pub fn hist_delta(before: &Metrics, after: &Metrics, family: &str) -> Vec<(f64, u64)> {
+    let a = before.buckets(family);
+    after
+        .buckets(family)
         .into_iter()
         .map(|(le, n)| {
-            let bound = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().unwrap_or(f64::INFINITY)
-            };
-            let delta = n.saturating_sub(a.get(&le).copied().unwrap_or(0));
-            (bound, le, delta)
+            let was = a.iter().find(|x| x.0 == le).map_or(0, |x| x.1);
+            (le, n.saturating_sub(was))
         })
-        .collect();
-    let mut d = d;
-    d.sort_by(|x, y| x.0.total_cmp(&y.0));
-    let total = d.last().map_or(0, |x| x.2);
-    let p99 = d
-        .iter()
-        .find(|x| x.2 as f64 >= 0.99 * total as f64)
-        .map_or("+Inf".to_string(), |x| x.1.clone());
-    let under_20ms = d.iter().find(|x| x.1 == "0.02").map_or(0, |x| x.2);
+        .collect()
+}
+
+/// Quantile `q` of a histogram delta in ms, interpolated linearly inside its bucket
+/// (Prometheus' `histogram_quantile`); the highest finite bound when it falls in
+/// `+Inf`; None without observations.
+pub fn hist_quantile(d: &[(f64, u64)], q: f64) -> Option<f64> {
+    let total = d.last()?.1;
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let (mut lower, mut below) = (0.0, 0u64);
+    for &(le, n) in d {
+        if n as f64 >= rank {
+            if le.is_infinite() {
+                return Some(lower * 1000.0);
+            }
+            let share = (rank - below as f64) / (n - below).max(1) as f64;
+            return Some((lower + (le - lower) * share) * 1000.0);
+        }
+        (lower, below) = (le, n);
+    }
+    Some(lower * 1000.0)
+}
+
+/// The upper bound (ms) of the highest bucket with an observation: "every one took at
+/// most this" (`+Inf` as infinity).
+fn hist_max_ms(d: &[(f64, u64)]) -> Option<f64> {
+    let total = d.last()?.1;
+    if total == 0 {
+        return None;
+    }
+    d.iter().find(|x| x.1 == total).map(|x| x.0 * 1000.0)
+}
+
+/// What changed in the commit-duration histogram between two scrapes: commits, their
+/// p99 and the share over 20 ms.
+pub fn commit_times(before: &Metrics, after: &Metrics) -> String {
+    let d = hist_delta(before, after, "mkg_wal_commit_duration_seconds");
+    let total = d.last().map_or(0, |x| x.1);
+    let under_20ms = d.iter().find(|x| x.0 == 0.02).map_or(0, |x| x.1);
     let over = total - under_20ms.min(total);
     format!(
-        "{} durable commits, p99 <= {p99} s, {} ({:.1}%) over 20 ms",
+        "{} durable commits, p99 {} ms, {} ({:.1}%) over 20 ms",
         crate::report::thousands(total),
+        crate::round2(hist_quantile(&d, 0.99).unwrap_or(0.0)),
         crate::report::thousands(over),
         100.0 * over as f64 / total.max(1) as f64
     )
+}
+
+/// Where the gateway's time went between two scrapes, from its histograms: each stage
+/// counted from a record's receipt (durable in the WAL, handed to the producer,
+/// acknowledged by Kafka) as p50 / p99 / p99.9 in ms, and the WAL's checkpoints
+/// (count, the bound of the slowest) and durable commits (p99).
+pub fn stages(before: &Metrics, after: &Metrics) -> serde_json::Value {
+    let q = |family: &str| {
+        let d = hist_delta(before, after, family);
+        let at = |x: f64| hist_quantile(&d, x).map(crate::round2);
+        serde_json::json!({
+            "records": d.last().map_or(0, |x| x.1),
+            "p50_ms": at(0.50),
+            "p99_ms": at(0.99),
+            "p999_ms": at(0.999),
+        })
+    };
+    let ckpt = hist_delta(before, after, "mkg_wal_checkpoint_duration_seconds");
+    let commits = hist_delta(before, after, "mkg_wal_commit_duration_seconds");
+    serde_json::json!({
+        "durable": q("mkg_record_durable_latency_seconds"),
+        "produced": q("mkg_record_produce_latency_seconds"),
+        "delivered": q("mkg_record_delivery_latency_seconds"),
+        "checkpoints": ckpt.last().map_or(0, |x| x.1),
+        "checkpoint_max_ms": hist_max_ms(&ckpt),
+        "commit_p99_ms": hist_quantile(&commits, 0.99).map(crate::round2),
+    })
 }
 
 #[cfg(test)]

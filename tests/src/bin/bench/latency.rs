@@ -1,0 +1,200 @@
+//! 4. Latency: publish -> readable in Kafka, the gateway next to its ceiling, the
+//! naive pipeline (`mosquitto_sub -q 1 | kcat -P` with the gateway's producer
+//! settings, not durable), at 1,000 and 10,000 msg/s, each repeated `--lat-reps`
+//! times, alternating, so that a pause of Kafka or of the machine shows in both.
+//!
+//! Where the time goes, per stage and each counted from the publish or the receipt:
+//! the meter (`latency`) reads the gateway's receive time from the record's header
+//! and Kafka's append time from its timestamp (both topics are created with
+//! `message.timestamp.type=LogAppendTime`); the gateway's histograms give receipt ->
+//! durable, -> handed to the producer, -> acknowledged by Kafka (`probe::stages`).
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::probe::{self, Metrics};
+use crate::{last_json, round1, round2, say, Bench, Res, Running};
+
+/// The latency phases' rates, msg/s.
+pub(crate) const RATES: [u64; 2] = [1000, 10000];
+/// The naive pipeline's latency topic.
+pub(crate) const NAIVE_TOPIC: &str = "naivelat";
+
+/// A running `latency` meter.
+pub(crate) struct Meter {
+    child: Child,
+    err: std::path::PathBuf,
+    what: String,
+}
+
+impl Meter {
+    /// Its JSON line once every message was read.
+    pub(crate) fn result(self) -> Res<Value> {
+        let out = self.child.wait_with_output().map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "{}: {}",
+                self.what,
+                std::fs::read_to_string(&self.err).unwrap_or_default()
+            ));
+        }
+        last_json(&out.stdout, "latency")
+    }
+}
+
+/// `kcat -P` with the gateway's producer settings, producing stdin's lines to `topic`.
+pub(crate) fn kcat_producer(bootstrap: &str, topic: &str) -> Command {
+    let mut kcat = Command::new("kcat");
+    kcat.args(["-P", "-b", bootstrap, "-t", topic])
+        .args([
+            "-X",
+            "acks=all",
+            "-X",
+            "enable.idempotence=true",
+            "-X",
+            "linger.ms=5",
+        ])
+        .args([
+            "-X",
+            "batch.num.messages=10000",
+            "-X",
+            "queue.buffering.max.messages=1000000",
+        ]);
+    kcat
+}
+
+impl Bench<'_> {
+    /// The latency phases on the running gateway `gw`: `lat_reps` times, at each rate,
+    /// the naive pipeline then the gateway. `latency_{rate}` is the gateway's worst
+    /// run (by p99), `latency_{rate}_runs` every run with the naive one beside it.
+    pub(crate) fn latencies(&mut self, gw: &mut Running) -> Res<()> {
+        let mut runs: Vec<(u64, Vec<Value>)> = RATES.iter().map(|r| (*r, Vec::new())).collect();
+        for rep in 1..=self.o.lat_reps {
+            for (rate, list) in runs.iter_mut() {
+                let naive = self.naive_latency(*rate, rep)?;
+                let gateway =
+                    self.latency(gw, *rate, "load/lat", &format!("lat{rate}r{rep}"), "")?;
+                list.push(json!({ "gateway": gateway, "naive": naive }));
+            }
+        }
+        for (rate, list) in runs {
+            let p99 = |v: &Value| v["gateway"]["p99_ms"].as_f64().unwrap_or(0.0);
+            let worst = list
+                .iter()
+                .max_by(|a, b| p99(a).total_cmp(&p99(b)))
+                .map_or(Value::Null, |v| v["gateway"].clone());
+            self.r.put(&format!("latency_{rate}"), worst);
+            self.r
+                .put(&format!("latency_{rate}_runs"), Value::Array(list));
+        }
+        Ok(())
+    }
+
+    /// The naive pipeline's latency at `rate` msg/s for `lat_secs` (run `nlat{rate}r{rep}`).
+    fn naive_latency(&mut self, rate: u64, rep: u64) -> Res<Value> {
+        let n = rate * self.o.lat_secs;
+        let run_id = format!("nlat{rate}r{rep}");
+        say(format!(
+            "4. latency of the naive pipeline at {rate} msg/s: {n} messages ({run_id})"
+        ));
+        let mut sub = self.mosquitto_sub(&run_id, &format!("{run_id}/#"), n, Stdio::piped())?;
+        let mut kcat = kcat_producer(&self.bootstrap(), NAIVE_TOPIC)
+            .stdin(sub.stdout.take().ok_or("no pipe")?)
+            .spawn()
+            .map_err(|e| format!("kcat: {e}"))?;
+        self.wait_connected(&run_id)?;
+        let meter = self.meter(NAIVE_TOPIC, &run_id, n)?;
+        self.loadgen(&format!("{run_id}/dev"), n, &run_id, rate)?;
+        let result = meter.result();
+        // mosquitto_sub exits after n messages; kcat at the end of its input.
+        let _ = sub.wait();
+        let _ = kcat.wait();
+        result
+    }
+
+    /// Start a `latency` meter on `topic` for `n` messages of run `run_id`; returns
+    /// once it reads from the end of every partition.
+    pub(crate) fn meter(&self, topic: &str, run_id: &str, n: u64) -> Res<Meter> {
+        let err = self.dir.join(format!("latency_{run_id}.err"));
+        let child = self
+            .tool("latency")
+            .args(["--bootstrap", &self.bootstrap(), "--topic", topic])
+            .args(["--run-id", run_id, "--messages", &n.to_string()])
+            .args(["--timeout", &(self.o.lat_secs + 120).to_string()])
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&err).map_err(|e| e.to_string())?)
+            .spawn()
+            .map_err(|e| format!("latency: {e}"))?;
+        self.wait_ready_line(&err, "latency consumer")?;
+        Ok(Meter {
+            child,
+            err,
+            what: format!("latency of {run_id}"),
+        })
+    }
+
+    /// One gateway latency run at `rate` msg/s for `lat_secs`, with the WAL's commit
+    /// and disk figures at that rate and the gateway's stages (`stages`); messages
+    /// published under `prefix` as run `run_id`, figures named `{key}latency_{rate}`,
+    /// `{key}wa_{rate}`...
+    pub(crate) fn latency(
+        &mut self,
+        gw: &mut Running,
+        rate: u64,
+        prefix: &str,
+        run_id: &str,
+        key: &str,
+    ) -> Res<Value> {
+        let o = self.o;
+        let n = rate * o.lat_secs;
+        say(format!(
+            "4. latency at {rate} msg/s: {n} messages ({run_id})"
+        ));
+        let meter = self.meter("bench", run_id, n)?;
+        let pid = gw.pid();
+        let m0 = Metrics::scrape(gw.admin());
+        let w0 = probe::write_bytes(pid);
+        self.loadgen(prefix, n, run_id, rate)?;
+        let mut result = meter.result()?;
+        gw.wait_metric("an empty backlog", Duration::from_secs(60), |m| {
+            m.get("mkg_backlog_records") == 0
+        })?;
+        let m1 = Metrics::scrape(gw.admin());
+        let d = |k: &str| m1.get(k).saturating_sub(m0.get(k));
+        let (records, commits, syncs) = (
+            d("mkg_wal_records_committed_total"),
+            d("mkg_wal_commits_total"),
+            d("mkg_wal_syncs_total"),
+        );
+        let secs = o.lat_secs as f64;
+        self.r.put(
+            &format!("{key}wa_{rate}"),
+            round2((probe::write_bytes(pid) - w0) as f64 / (n * o.size as u64) as f64),
+        );
+        self.r.put(
+            &format!("{key}batch_{rate}"),
+            round1(records as f64 / commits.max(1) as f64),
+        );
+        self.r.put(
+            &format!("{key}commits_per_s_{rate}"),
+            (commits as f64 / secs).round() as u64,
+        );
+        self.r.put(
+            &format!("{key}sync_batch_{rate}"),
+            round1(records as f64 / syncs.max(1) as f64),
+        );
+        self.r.put(
+            &format!("{key}syncs_per_s_{rate}"),
+            (syncs as f64 / secs).round() as u64,
+        );
+        self.r.put(
+            &format!("{key}commit_times_{rate}"),
+            probe::commit_times(&m0, &m1),
+        );
+        result["stages"] = probe::stages(&m0, &m1);
+        self.r.put(&format!("{key}latency_{rate}"), result.clone());
+        Ok(result)
+    }
+}
