@@ -508,7 +508,7 @@ mod tests {
             );
             assert!(name.starts_with("mkg_"), "{name} lacks the mkg_ prefix");
         }
-        assert_eq!(samples, 43);
+        assert_eq!(samples, 55);
         assert!(text.ends_with('\n'));
     }
 }

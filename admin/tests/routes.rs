@@ -286,6 +286,12 @@ async fn metrics_exposition() {
         r#"mkg_wal_commit_duration_seconds_bucket{le="0.02"} 104"#,
         r#"mkg_wal_commit_duration_seconds_bucket{le="+Inf"} 105"#,
         "mkg_wal_commit_duration_seconds_count 105",
+        r#"mkg_wal_checkpoint_duration_seconds_bucket{le="0.05"} 3"#,
+        "mkg_wal_checkpoint_duration_seconds_count 3",
+        r#"mkg_record_durable_latency_seconds_bucket{le="0.02"} 99"#,
+        r#"mkg_record_durable_latency_seconds_bucket{le="+Inf"} 100"#,
+        r#"mkg_record_produce_latency_seconds_bucket{le="0.001"} 97"#,
+        "mkg_record_delivery_latency_seconds_count 100",
     ] {
         assert!(body.lines().any(|l| l == line), "{line} in\n{body}");
     }

@@ -139,5 +139,27 @@ pub fn healthy() -> Snapshot {
             sum: 0.125,
             count: 105,
         },
+        wal_checkpoint_seconds: Histogram {
+            buckets: vec![(0.01, 2), (0.05, 3)],
+            sum: 0.07,
+            count: 3,
+        },
+        record_latency: admin::RecordLatency {
+            durable: Histogram {
+                buckets: vec![(0.01, 90), (0.02, 99)],
+                sum: 0.8,
+                count: 100,
+            },
+            produced: Histogram {
+                buckets: vec![(0.001, 97), (0.02, 100)],
+                sum: 0.05,
+                count: 100,
+            },
+            delivered: Histogram {
+                buckets: vec![(0.01, 95), (0.02, 100)],
+                sum: 0.6,
+                count: 100,
+            },
+        },
     }
 }

@@ -1,7 +1,10 @@
 //! 4. Latency: publish -> readable in Kafka, the gateway next to its ceiling, the
 //! naive pipeline (`mosquitto_sub -q 1 | kcat -P` with the gateway's producer
 //! settings, not durable), at 1,000 and 10,000 msg/s, each repeated `--lat-reps`
-//! times, alternating, so that a pause of Kafka or of the machine shows in both.
+//! times. At 1,000 msg/s the two run at the same time, each at the rate, on topics of
+//! their own: a pause of Kafka or of the machine shows in both, and the ratio stays
+//! meaningful. At 10,000 msg/s they run one after the other: two such pipelines at
+//! once take both cores of the reference machine, and both stall for seconds.
 //!
 //! Where the time goes, per stage and each counted from the publish or the receipt:
 //! the meter (`latency`) reads the gateway's receive time from the record's header
@@ -19,6 +22,8 @@ use crate::{last_json, round1, round2, say, Bench, Res, Running};
 
 /// The latency phases' rates, msg/s.
 pub(crate) const RATES: [u64; 2] = [1000, 10000];
+/// Up to this rate the gateway and the naive pipeline are measured at the same time.
+const TOGETHER_UP_TO: u64 = 1000;
 /// The naive pipeline's latency topic.
 pub(crate) const NAIVE_TOPIC: &str = "naivelat";
 
@@ -67,15 +72,21 @@ pub(crate) fn kcat_producer(bootstrap: &str, topic: &str) -> Command {
 
 impl Bench<'_> {
     /// The latency phases on the running gateway `gw`: `lat_reps` times, at each rate,
-    /// the naive pipeline then the gateway. `latency_{rate}` is the gateway's worst
-    /// run (by p99), `latency_{rate}_runs` every run with the naive one beside it.
+    /// the gateway and the naive pipeline, side by side up to [`TOGETHER_UP_TO`], then
+    /// one after the other. `latency_{rate}` is the gateway's worst run (by p99),
+    /// `latency_{rate}_runs` every run with the naive pipeline's beside it.
     pub(crate) fn latencies(&mut self, gw: &mut Running) -> Res<()> {
         let mut runs: Vec<(u64, Vec<Value>)> = RATES.iter().map(|r| (*r, Vec::new())).collect();
         for rep in 1..=self.o.lat_reps {
             for (rate, list) in runs.iter_mut() {
-                let naive = self.naive_latency(*rate, rep)?;
-                let gateway =
-                    self.latency(gw, *rate, "load/lat", &format!("lat{rate}r{rep}"), "")?;
+                let run_id = format!("lat{rate}r{rep}");
+                let (gateway, naive) = if *rate <= TOGETHER_UP_TO {
+                    self.latency_with(gw, *rate, "load/lat", &run_id, "", true)?
+                } else {
+                    let naive = self.naive_latency(*rate, &format!("n{run_id}"))?;
+                    let gateway = self.latency(gw, *rate, "load/lat", &run_id, "")?;
+                    (gateway, naive)
+                };
                 list.push(json!({ "gateway": gateway, "naive": naive }));
             }
         }
@@ -92,26 +103,32 @@ impl Bench<'_> {
         Ok(())
     }
 
-    /// The naive pipeline's latency at `rate` msg/s for `lat_secs` (run `nlat{rate}r{rep}`).
-    fn naive_latency(&mut self, rate: u64, rep: u64) -> Res<Value> {
+    /// The naive pipeline's latency alone at `rate` msg/s for `lat_secs` (run `run_id`).
+    fn naive_latency(&mut self, rate: u64, run_id: &str) -> Res<Value> {
         let n = rate * self.o.lat_secs;
-        let run_id = format!("nlat{rate}r{rep}");
         say(format!(
             "4. latency of the naive pipeline at {rate} msg/s: {n} messages ({run_id})"
         ));
-        let mut sub = self.mosquitto_sub(&run_id, &format!("{run_id}/#"), n, Stdio::piped())?;
-        let mut kcat = kcat_producer(&self.bootstrap(), NAIVE_TOPIC)
-            .stdin(sub.stdout.take().ok_or("no pipe")?)
-            .spawn()
-            .map_err(|e| format!("kcat: {e}"))?;
-        self.wait_connected(&run_id)?;
-        let meter = self.meter(NAIVE_TOPIC, &run_id, n)?;
-        self.loadgen(&format!("{run_id}/dev"), n, &run_id, rate)?;
+        let (mut sub, mut kcat, meter) = self.naive_pipeline(run_id, n)?;
+        self.loadgen(&format!("{run_id}/dev"), n, run_id, rate)?;
         let result = meter.result();
         // mosquitto_sub exits after n messages; kcat at the end of its input.
         let _ = sub.wait();
         let _ = kcat.wait();
         result
+    }
+
+    /// The naive pipeline for run `run_id` (`n` messages on `{run_id}/#`): its
+    /// `mosquitto_sub` and `kcat`, connected, and its meter, ready.
+    fn naive_pipeline(&mut self, run_id: &str, n: u64) -> Res<(Child, Child, Meter)> {
+        let mut sub = self.mosquitto_sub(run_id, &format!("{run_id}/#"), n, Stdio::piped())?;
+        let kcat = kcat_producer(&self.bootstrap(), NAIVE_TOPIC)
+            .stdin(sub.stdout.take().ok_or("no pipe")?)
+            .spawn()
+            .map_err(|e| format!("kcat: {e}"))?;
+        self.wait_connected(run_id)?;
+        let meter = self.meter(NAIVE_TOPIC, run_id, n)?;
+        Ok((sub, kcat, meter))
     }
 
     /// Start a `latency` meter on `topic` for `n` messages of run `run_id`; returns
@@ -147,17 +164,52 @@ impl Bench<'_> {
         run_id: &str,
         key: &str,
     ) -> Res<Value> {
+        Ok(self.latency_with(gw, rate, prefix, run_id, key, false)?.0)
+    }
+
+    /// [`Bench::latency`], with `naive`: and the naive pipeline's at the same time
+    /// (run `n{run_id}`), returned second.
+    fn latency_with(
+        &mut self,
+        gw: &mut Running,
+        rate: u64,
+        prefix: &str,
+        run_id: &str,
+        key: &str,
+        naive: bool,
+    ) -> Res<(Value, Value)> {
         let o = self.o;
         let n = rate * o.lat_secs;
-        say(format!(
-            "4. latency at {rate} msg/s: {n} messages ({run_id})"
-        ));
+        let naive_id = format!("n{run_id}");
+        say(if naive {
+            format!("4. latency at {rate} msg/s: {n} messages ({run_id}), and the naive pipeline's ({naive_id})")
+        } else {
+            format!("4. latency at {rate} msg/s: {n} messages ({run_id})")
+        });
+        let pipeline = if naive {
+            Some(self.naive_pipeline(&naive_id, n)?)
+        } else {
+            None
+        };
         let meter = self.meter("bench", run_id, n)?;
         let pid = gw.pid();
         let m0 = Metrics::scrape(gw.admin());
         let w0 = probe::write_bytes(pid);
-        self.loadgen(prefix, n, run_id, rate)?;
+        let naive_load = match &pipeline {
+            Some(_) => Some(self.loadgen_cmd(&format!("{naive_id}/dev"), n, &naive_id, rate)?),
+            None => None,
+        };
+        let load = self.loadgen_cmd(prefix, n, run_id, rate)?;
+        self.loadgen_done(load, run_id)?;
         let mut result = meter.result()?;
+        let mut naive_result = Value::Null;
+        if let (Some(load), Some((mut sub, mut kcat, meter))) = (naive_load, pipeline) {
+            self.loadgen_done(load, &naive_id)?;
+            naive_result = meter.result()?;
+            // mosquitto_sub exits after n messages; kcat at the end of its input.
+            let _ = sub.wait();
+            let _ = kcat.wait();
+        }
         gw.wait_metric("an empty backlog", Duration::from_secs(60), |m| {
             m.get("mkg_backlog_records") == 0
         })?;
@@ -195,6 +247,6 @@ impl Bench<'_> {
         );
         result["stages"] = probe::stages(&m0, &m1);
         self.r.put(&format!("{key}latency_{rate}"), result.clone());
-        Ok(result)
+        Ok((result, naive_result))
     }
 }
