@@ -1,4 +1,4 @@
-//! 4. Latency: publish -> readable in Kafka, the gateway next to its ceiling, the
+//! Phase 4, latency: publish -> readable in Kafka, the gateway next to its ceiling, the
 //! naive pipeline (`mosquitto_sub -q 1 | kcat -P` with the gateway's producer
 //! settings, not durable), at 1,000 and 10,000 msg/s, each repeated `--lat-reps`
 //! times. At 1,000 msg/s the two run at the same time, each at the rate, on topics of

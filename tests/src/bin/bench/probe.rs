@@ -276,6 +276,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn quantiles_interpolate_inside_their_bucket_and_stop_below_inf() {
+        // 100 observations: 50 <= 1 ms, 40 in (1, 2] ms, 9 in (2, 20] ms, 1 above.
+        let d = [(0.001, 50), (0.002, 90), (0.02, 99), (f64::INFINITY, 100)];
+        assert_eq!(hist_quantile(&d, 0.5), Some(1.0));
+        assert!((hist_quantile(&d, 0.7).unwrap() - 1.5).abs() < 1e-9);
+        assert!((hist_quantile(&d, 0.99).unwrap() - 20.0).abs() < 1e-9);
+        assert_eq!(hist_quantile(&d, 0.999), Some(20.0)); // in +Inf: the last bound
+        assert_eq!(hist_max_ms(&d), Some(f64::INFINITY));
+        assert_eq!(hist_quantile(&[(0.001, 0), (f64::INFINITY, 0)], 0.5), None);
+    }
+
+    #[test]
     fn stat_line_with_spaces_in_the_name() {
         let line = "42 (tokio-rt worker) S 1 2 3 4 5 6 7 8 9 10 250 30 0 0";
         let (name, f) = stat_fields(line).unwrap();
