@@ -93,16 +93,7 @@ impl AckWindow {
     /// Record `seq` (at or after the cursor), received at `received_ms`, was handed
     /// to the producer.
     pub fn sent(&mut self, seq: u64, bytes: u32, received_ms: u64) {
-        self.read(seq);
-        let held = false;
-        self.open.insert(
-            seq,
-            Open {
-                bytes,
-                held,
-                received_ms,
-            },
-        );
+        self.opened(seq, bytes, received_ms, false);
         self.in_flight += 1;
         self.in_flight_bytes += bytes as usize;
     }
@@ -115,16 +106,17 @@ impl AckWindow {
     /// Record `seq` (at or after the cursor), received at `received_ms`, is held
     /// back unsent.
     pub fn held(&mut self, seq: u64, bytes: u32, received_ms: u64) {
+        self.opened(seq, bytes, received_ms, true);
+    }
+
+    fn opened(&mut self, seq: u64, bytes: u32, received_ms: u64, held: bool) {
         self.read(seq);
-        let held = true;
-        self.open.insert(
-            seq,
-            Open {
-                bytes,
-                held,
-                received_ms,
-            },
-        );
+        let open = Open {
+            bytes,
+            held,
+            received_ms,
+        };
+        self.open.insert(seq, open);
     }
 
     /// Kafka is done with `seq` (delivered or parked). False when it was not open (a

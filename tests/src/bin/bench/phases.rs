@@ -3,7 +3,7 @@
 //! that every message is in Kafka.
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use crate::probe::{self, Metrics};
@@ -296,31 +296,8 @@ impl Bench<'_> {
         ];
         let t0 = now_ms();
         let kk0 = probe::cpu_ticks(k_pid);
-        let mut kcat = Command::new("kcat");
-        kcat.args([
-            "-P",
-            "-b",
-            &self.bootstrap(),
-            "-t",
-            "kcatref",
-            "-K",
-            "\t",
-            "-l",
-        ])
-        .args([
-            "-X",
-            "acks=all",
-            "-X",
-            "enable.idempotence=true",
-            "-X",
-            "linger.ms=5",
-        ])
-        .args([
-            "-X",
-            "batch.num.messages=10000",
-            "-X",
-            "queue.buffering.max.messages=1000000",
-        ]);
+        let mut kcat = crate::latency::kcat_producer(&self.bootstrap(), "kcatref");
+        kcat.args(["-K", "\t", "-l"]);
         for h in headers {
             kcat.args(["-H", h]);
         }
