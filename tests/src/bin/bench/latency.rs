@@ -221,30 +221,31 @@ impl Bench<'_> {
             d("mkg_wal_syncs_total"),
         );
         let secs = o.lat_secs as f64;
-        self.r.put(
-            &format!("{key}wa_{rate}"),
-            round2((probe::write_bytes(pid) - w0) as f64 / (n * o.size as u64) as f64),
-        );
-        self.r.put(
-            &format!("{key}batch_{rate}"),
-            round1(records as f64 / commits.max(1) as f64),
-        );
-        self.r.put(
-            &format!("{key}commits_per_s_{rate}"),
-            (commits as f64 / secs).round() as u64,
-        );
-        self.r.put(
-            &format!("{key}sync_batch_{rate}"),
-            round1(records as f64 / syncs.max(1) as f64),
-        );
-        self.r.put(
-            &format!("{key}syncs_per_s_{rate}"),
-            (syncs as f64 / secs).round() as u64,
-        );
-        self.r.put(
-            &format!("{key}commit_times_{rate}"),
-            probe::commit_times(&m0, &m1),
-        );
+        let figures = [
+            (
+                "wa",
+                json!(round2(
+                    (probe::write_bytes(pid) - w0) as f64 / (n * o.size as u64) as f64
+                )),
+            ),
+            (
+                "batch",
+                json!(round1(records as f64 / commits.max(1) as f64)),
+            ),
+            (
+                "commits_per_s",
+                json!((commits as f64 / secs).round() as u64),
+            ),
+            (
+                "sync_batch",
+                json!(round1(records as f64 / syncs.max(1) as f64)),
+            ),
+            ("syncs_per_s", json!((syncs as f64 / secs).round() as u64)),
+            ("commit_times", json!(probe::commit_times(&m0, &m1))),
+        ];
+        for (name, v) in figures {
+            self.r.put(&format!("{key}{name}_{rate}"), v);
+        }
         result["stages"] = probe::stages(&m0, &m1);
         self.r.put(&format!("{key}latency_{rate}"), result.clone());
         Ok((result, naive_result))
