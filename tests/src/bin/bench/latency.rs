@@ -80,6 +80,7 @@ impl Bench<'_> {
         for rep in 1..=self.o.lat_reps {
             for (rate, list) in runs.iter_mut() {
                 let run_id = format!("lat{rate}r{rep}");
+                let gc_mark = self.gc.mark();
                 let (gateway, naive) = if *rate <= TOGETHER_UP_TO {
                     self.latency_with(gw, *rate, "load/lat", &run_id, "", true)?
                 } else {
@@ -87,7 +88,8 @@ impl Bench<'_> {
                     let gateway = self.latency(gw, *rate, "load/lat", &run_id, "")?;
                     (gateway, naive)
                 };
-                list.push(json!({ "gateway": gateway, "naive": naive }));
+                let kafka_gc = self.gc.pauses_since(gc_mark);
+                list.push(json!({ "gateway": gateway, "naive": naive, "kafka_gc": kafka_gc }));
             }
         }
         for (rate, list) in runs {

@@ -142,6 +142,8 @@ struct Bench<'o> {
     hz: f64,
     mq: Mosquitto,
     kafka: Kafka,
+    /// The broker's GC log.
+    gc: probe::GcLog,
     r: Results,
     /// Settings for the next gateways started, after `--set`'s (the window curve).
     extra_sets: Vec<(String, String, String)>,
@@ -258,6 +260,14 @@ fn run(o: &Opts, dir: &Path) -> Res<()> {
     // Mosquitto's own autosave_interval (1800 s) by default, not the tests' 1 s: its
     // save blocks its only thread and stalls delivery to every subscriber.
     let mq = Mosquitto::start_with(&format!("autosave_interval {}", o.autosave));
+    let gc = probe::GcLog(dir.join("kafka-gc.log"));
+    let jvm = kafka_jvm_opts();
+    r.put("kafka_jvm", jvm.clone());
+    // scripts/kafka-local.sh reads its JVM flags from here; the harness starts it.
+    std::env::set_var(
+        "MKG_KAFKA_JVM_OPTS",
+        format!("{jvm} -Xlog:gc:file={}:uptime", gc.0.display()),
+    );
     let kafka = Kafka::start();
     for t in TOPICS.iter().filter(|t| !APPEND_TIME_TOPICS.contains(t)) {
         kafka.create_topic(t, 3);
@@ -272,6 +282,7 @@ fn run(o: &Opts, dir: &Path) -> Res<()> {
         hz: probe::clock_ticks(),
         mq,
         kafka,
+        gc,
         r,
         extra_sets: Vec::new(),
     };
@@ -284,6 +295,7 @@ fn run(o: &Opts, dir: &Path) -> Res<()> {
     b.window_curve()?;
     b.kafka_check()?;
 
+    b.r.put("kafka_gc", b.gc.pauses_since(0));
     let wall = started.elapsed().as_secs_f64();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let idle = probe::idle_ticks().saturating_sub(idle0) as f64 / b.hz;
@@ -315,6 +327,35 @@ fn run(o: &Opts, dir: &Path) -> Res<()> {
         writeln!(f, "{}", Value::Object(b.r.0.clone())).map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// The broker's heap, collector and JIT flags: `MKG_KAFKA_JVM_OPTS` when set, else a
+/// fixed 512 MiB heap with Shenandoah, whose pauses stay in the low milliseconds. The
+/// tests' serial collector (fast to start) stopped the broker for up to 73 ms in a quick
+/// run, and both pipelines' latency with it; G1 with the full JIT compiled on both
+/// cores during the latency runs.
+fn kafka_jvm_opts() -> String {
+    if let Ok(opts) = std::env::var("MKG_KAFKA_JVM_OPTS") {
+        return opts;
+    }
+    const SHENANDOAH: &str =
+        "-Xms512m -Xmx512m -XX:+UseShenandoahGC -XX:+AlwaysPreTouch -XX:TieredStopAtLevel=1";
+    let java = std::env::var("MKG_JAVA").unwrap_or_else(|_| "java".into());
+    let has_shenandoah = Command::new(&java)
+        .args(["-XX:+UseShenandoahGC", "-version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if has_shenandoah {
+        SHENANDOAH.to_string()
+    } else {
+        let fallback = "-Xms256m -Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1";
+        say(format!(
+            "{java} has no Shenandoah collector: Kafka runs with {fallback}; its GC pauses will show in the latency figures"
+        ));
+        fallback.to_string()
+    }
 }
 
 /// The commit, `-dirty` if the gateway's sources differ from it.

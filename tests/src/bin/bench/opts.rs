@@ -9,6 +9,8 @@ release gateway and the tools first.
 
   --quick                  smaller counts, for development (1-2 minutes)
   --ingest N               messages for 1, ceiling and gateway each [500000; quick 100000]
+  --ingest-rounds R        rounds of 1 (ceiling, then gateway); the figure is the
+                           median round [3; 1]
   --e2e N                  messages for 3, gateway and naive each [1000000; 200000]
   --backlog N              backlog drained in 2 [1000000; 200000]
   --big-backlog N          backlog of 5 and 7 [10000000; 1000000]
@@ -41,6 +43,7 @@ missed target MISS (the exit code stays 0: a figure is a measurement, not a test
 pub struct Opts {
     pub quick: bool,
     pub ingest: u64,
+    pub ingest_rounds: u64,
     pub e2e: u64,
     pub backlog: u64,
     pub big: u64,
@@ -70,6 +73,7 @@ impl Opts {
         let mut o = Opts {
             quick,
             ingest: q(500_000, 100_000),
+            ingest_rounds: q(3, 1),
             e2e: q(1_000_000, 200_000),
             backlog: q(1_000_000, 200_000),
             big: q(10_000_000, 1_000_000),
@@ -102,6 +106,7 @@ impl Opts {
             match flag.as_str() {
                 "--quick" => {}
                 "--ingest" => o.ingest = num(flag, value()?)?,
+                "--ingest-rounds" => o.ingest_rounds = num(flag, value()?)?,
                 "--e2e" => o.e2e = num(flag, value()?)?,
                 "--backlog" => o.backlog = num(flag, value()?)?,
                 "--big-backlog" => o.big = num(flag, value()?)?,
@@ -144,6 +149,7 @@ impl Opts {
             || o.lat_secs == 0
             || o.lat_reps == 0
             || o.ingest == 0
+            || o.ingest_rounds == 0
             || o.e2e == 0
             || o.backlog == 0
         {

@@ -3,7 +3,42 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// The Kafka JVM's GC log (`-Xlog:gc:file=...`): the pauses logged after a mark, so a
+/// latency run shows whether the broker stopped during it.
+#[derive(Debug, Clone)]
+pub struct GcLog(pub PathBuf);
+
+impl GcLog {
+    /// The current end of the log.
+    pub fn mark(&self) -> u64 {
+        std::fs::metadata(&self.0).map_or(0, |m| m.len())
+    }
+
+    /// The pauses logged since `from` (a [`GcLog::mark`]): count, longest and total ms.
+    pub fn pauses_since(&self, from: u64) -> serde_json::Value {
+        let text = std::fs::read(&self.0).unwrap_or_default();
+        let text = String::from_utf8_lossy(text.get(from as usize..).unwrap_or_default());
+        gc_pauses(&text)
+    }
+}
+
+/// Count the stop-the-world pauses in `-Xlog:gc` lines (`... Pause Young ... 12.345ms`;
+/// a collector's concurrent phases are not pauses).
+fn gc_pauses(text: &str) -> serde_json::Value {
+    let ms: Vec<f64> = text
+        .lines()
+        .filter(|l| l.contains(" Pause "))
+        .filter_map(|l| l.rsplit(' ').next()?.strip_suffix("ms")?.parse().ok())
+        .collect();
+    let max = ms.iter().copied().fold(0.0, f64::max);
+    serde_json::json!({
+        "pauses": ms.len(),
+        "max_ms": (max * 100.0).round() / 100.0,
+        "total_ms": (ms.iter().sum::<f64>() * 10.0).round() / 10.0,
+    })
+}
 
 /// Clock ticks per second of the `/proc` CPU times.
 pub fn clock_ticks() -> f64 {
@@ -274,6 +309,21 @@ pub fn stages(before: &Metrics, after: &Metrics) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gc_pauses_count_stop_the_world_lines_only() {
+        let log = "\
+[0.006s] Using Shenandoah
+[95.438s] GC(18) Pause Init Mark (unload classes) 0.078ms
+[95.470s] GC(18) Concurrent marking (unload classes) 31.937ms
+[95.473s] GC(18) Pause Final Mark (unload classes) 0.228ms
+[12.3s] GC(5) Pause Young (Allocation Failure) 150M->20M(490M) 12.345ms
+";
+        let v = gc_pauses(log);
+        assert_eq!(v["pauses"], 3);
+        assert_eq!(v["max_ms"], 12.35);
+        assert_eq!(v["total_ms"], 12.7);
+    }
 
     #[test]
     fn quantiles_interpolate_inside_their_bucket_and_stop_below_inf() {
