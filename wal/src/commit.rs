@@ -42,7 +42,7 @@ impl Wal {
         } = &mut *writer;
         let direct = self.direct.load(Ordering::SeqCst);
         if let Some(j) = journal.as_mut() {
-            if j.broken {
+            if j.is_broken() {
                 return Err(broken_journal(&j.path));
             }
             if batch.is_empty() && !direct {
@@ -230,6 +230,50 @@ impl Wal {
             .map(|_| ())
     }
 
+    /// [`Wal::sync`] without holding up commits: the fsync runs outside the writer
+    /// lock, so commits go on meanwhile, and makes durable what was committed before
+    /// this call. Without a journal, or while it is bypassed, this is [`Wal::sync`].
+    ///
+    /// A failed fsync fails every later sync and journaled commit until
+    /// [`Wal::reopen`]: the file's state is unknown. A reopen while this runs fails
+    /// ([`OpenError::Locked`](crate::OpenError::Locked): this holds the old file) and
+    /// can be retried once it returned.
+    pub fn sync_detached(&self) -> Result<(), CommitError> {
+        let detached = {
+            let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+            if self.is_closed() {
+                return Err(StorageError::closed().into());
+            }
+            let writer = self.writer();
+            match writer.journal.as_ref() {
+                Some(j) if !self.direct.load(Ordering::SeqCst) => {
+                    if j.is_broken() {
+                        return Err(broken_journal(&j.path));
+                    }
+                    match j.journal.detach_sync() {
+                        Some(d) => d,
+                        None => return Ok(()),
+                    }
+                }
+                _ => {
+                    drop(writer);
+                    drop(db);
+                    return self.sync();
+                }
+            }
+        };
+        let result = detached.sync();
+        let mut writer = self.writer();
+        if let Some(j) = writer.journal.as_mut() {
+            match &result {
+                Ok(()) => j.journal.detached_synced(&detached),
+                Err(_) if detached.of(&j.journal) => j.broken = true,
+                Err(_) => {}
+            }
+        }
+        result.map_err(Into::into)
+    }
+
     /// Bypass the journal (`true`) or use it again (`false`). A switch checkpoints
     /// first, so that redb's durable state holds every frame before commits stop
     /// writing frames, and every commit before frames start again.
@@ -273,7 +317,7 @@ impl Wal {
             drop(db);
             return self.sync();
         };
-        if j.broken {
+        if j.is_broken() {
             return Err(broken_journal(&j.path));
         }
         let mut txn = db.begin_write()?;

@@ -62,6 +62,12 @@ pub(crate) struct JournalState {
 }
 
 impl JournalState {
+    /// A write or sync failed, here or in a detached sync: commits fail until
+    /// [`crate::Wal::reopen`].
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken || self.journal.sync_failed()
+    }
+
     pub(crate) fn new(file: Box<dyn redb::StorageBackend>, path: PathBuf) -> Self {
         Self {
             journal: Journal::new(file),
