@@ -71,7 +71,7 @@ impl WalThread {
         // Appends waiting for their fsync first: a replay's records must not come
         // between them (after a failed sync, a suffix of them is committed again with
         // the same sequence numbers).
-        if !self.waiting.records.is_empty() && !self.sync_appends() {
+        if self.has_unsynced_appends() && !self.sync_appends() {
             return false;
         }
         for op in std::mem::take(&mut self.operator) {

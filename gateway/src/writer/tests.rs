@@ -96,6 +96,10 @@ fn start(linger: Duration, sync_linger: Duration) -> Running {
 fn start_with(opts: WriterOptions) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let wal = Arc::new(Wal::open(dir.path(), wal::WalOptions::default()).unwrap());
+    start_on(dir, wal, opts)
+}
+
+fn start_on(dir: tempfile::TempDir, wal: Arc<Wal>, opts: WriterOptions) -> Running {
     let (tx, rx) = mpsc::channel(16);
     let (durable_tx, durable) = watch::channel(0u64);
     let shared = Arc::new(Shared::default());
@@ -189,6 +193,88 @@ fn a_stop_during_sync_linger_syncs_and_acknowledges_first() {
     r.thread.join().expect("WAL thread panicked");
     assert_eq!(*r.durable.borrow(), 1, "stopped without acknowledging");
     assert_eq!(r.wal.journal_len(), wal::journal::HEADER_LEN);
+}
+
+/// Memory as a disk whose next fsync can be held until the test lets it go.
+#[derive(Debug, Default, Clone)]
+struct HeldDisk {
+    data: Arc<std::sync::Mutex<Vec<u8>>>,
+    hold: Arc<std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>>,
+    held: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl wal::Storage for HeldDisk {
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.data.lock().unwrap().len() as u64)
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        let d = self.data.lock().unwrap();
+        out.copy_from_slice(&d[offset as usize..offset as usize + out.len()]);
+        Ok(())
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.data.lock().unwrap().resize(len as usize, 0);
+        Ok(())
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        if let Some(release) = self.hold.lock().unwrap().take() {
+            self.held.store(true, Relaxed);
+            let _ = release.recv();
+            self.held.store(false, Relaxed);
+        }
+        Ok(())
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        let mut d = self.data.lock().unwrap();
+        let end = offset as usize + data.len();
+        if d.len() < end {
+            d.resize(end, 0);
+        }
+        d[offset as usize..end].copy_from_slice(data);
+        Ok(())
+    }
+}
+
+/// A slow fsync does not hold up commits: records that arrive while the sync thread
+/// is in one are committed (visible to the forwarder) at once; every acknowledgement
+/// still waits for an fsync that covers its record, in order.
+#[test]
+fn commits_go_on_while_an_fsync_is_slow_and_acks_wait_for_it() {
+    let journal = HeldDisk::default();
+    let wal = Wal::open_with_backends(
+        HeldDisk::default(),
+        journal.clone(),
+        "held",
+        wal::WalOptions::default(),
+    )
+    .unwrap();
+    let r = start_on(
+        tempfile::tempdir().unwrap(),
+        Arc::new(wal),
+        options(Duration::ZERO, Duration::from_millis(5)),
+    );
+    let (release, hold) = std::sync::mpsc::channel();
+    *journal.hold.lock().unwrap() = Some(hold);
+    r.tx.blocking_send(WalCmd::Append(pending(0))).unwrap();
+    wait("the first record's fsync to start", || {
+        journal.held.load(Relaxed)
+    });
+    for i in 1..=3u8 {
+        r.tx.blocking_send(WalCmd::Append(pending(i))).unwrap();
+        wait("a record committed during the fsync", || {
+            r.wal.stats().records == u64::from(i) + 1
+        });
+    }
+    assert_eq!(
+        *r.durable.borrow(),
+        0,
+        "acknowledged before its fsync ended"
+    );
+    release.send(()).unwrap();
+    wait("every acknowledgement", || *r.durable.borrow() == 4);
+    assert!(r.shared.counters.wal_syncs.load(Relaxed) >= 2);
+    drop(r.tx);
+    r.thread.join().expect("WAL thread panicked");
 }
 
 /// `wal.commit_linger` > 0: the WAL thread waits for more commands on a tokio timer,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use wal::{Durability, Wal};
+use wal::{CommitError, Durability, Wal};
 
 use super::{
     records, take, Entry, Inbox, WalCmd, WriterOptions, EXPIRY_EVERY, MIN_COMMIT_INTERVAL,
@@ -23,6 +23,17 @@ pub(crate) struct Unsynced {
     pub(crate) first_seq: u64,
     /// When the sync is due (`None` while `records` is empty).
     pub(crate) due: Option<Instant>,
+}
+
+/// What woke the WAL thread up while it waited for the first command of a batch.
+#[derive(Debug)]
+enum Wake {
+    /// A command (`None`: every sender is gone).
+    Command(Option<WalCmd>),
+    /// A wait ran out.
+    Timeout,
+    /// The sync thread's answer for the appends in `syncing`.
+    Synced(Result<Duration, CommitError>),
 }
 
 /// Everything the WAL thread owns.
@@ -43,6 +54,15 @@ pub(crate) struct WalThread {
     /// Every command sender is gone.
     pub(crate) closed: bool,
     pub(crate) waiting: Unsynced,
+    /// Committed appends whose fsync the sync thread is running: commits go on
+    /// meanwhile, and they are published when it is done (in order: they are older
+    /// than `waiting`).
+    pub(crate) syncing: Option<Unsynced>,
+    /// Asks the sync thread for one `Wal::sync_detached`.
+    sync_jobs: Option<std::sync::mpsc::Sender<()>>,
+    /// The sync thread's answers: how long the fsync took, or why it failed.
+    pub(crate) sync_done: mpsc::UnboundedReceiver<Result<Duration, CommitError>>,
+    syncer: Option<std::thread::JoinHandle<()>>,
     /// Commits without fsync (deletes) since the last sync.
     unsynced: bool,
     last_commit: Instant,
@@ -77,6 +97,26 @@ impl WalThread {
             .enable_time()
             .build()
             .expect("current-thread runtime for the WAL thread");
+        // The fsync that makes committed appends durable runs here: a slow one (the
+        // disk busy with someone else's writeback) would otherwise hold every commit,
+        // and so every record's way to Kafka, behind it.
+        let (jobs, jobs_rx) = std::sync::mpsc::channel::<()>();
+        let (done_tx, sync_done) = mpsc::unbounded_channel();
+        let syncer = {
+            let wal = Arc::clone(&wal);
+            std::thread::Builder::new()
+                .name("wal-sync".into())
+                .spawn(move || {
+                    for () in jobs_rx {
+                        let started = Instant::now();
+                        let result = wal.sync_detached().map(|()| started.elapsed());
+                        if done_tx.send(result).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .expect("spawn the WAL sync thread")
+        };
         Self {
             wal,
             rx,
@@ -89,6 +129,10 @@ impl WalThread {
             held: Vec::new(),
             closed: false,
             waiting: Unsynced::default(),
+            syncing: None,
+            sync_jobs: Some(jobs),
+            sync_done,
+            syncer: Some(syncer),
             operator: Vec::new(),
             unsynced: false,
             last_commit: Instant::now() - MIN_COMMIT_INTERVAL,
@@ -105,6 +149,12 @@ impl WalThread {
         let mut ack: Option<u64> = None;
         while !self.closed {
             self.shared.heartbeats.wal.beat();
+            if !self.poll_synced() {
+                return;
+            }
+            if self.sync_due() && !self.start_sync() {
+                return;
+            }
             self.reconfigure();
             if self.opts.limits.max_age.is_some() && self.last_expiry.elapsed() >= EXPIRY_EVERY {
                 self.last_expiry = Instant::now();
@@ -121,19 +171,23 @@ impl WalThread {
             if self.held.is_empty() {
                 // 1. Block for the first command (or sync when one is due).
                 match self.first_command() {
-                    Err(()) if self.waiting.due.is_some() => {
-                        if !self.sync_appends() {
+                    Wake::Synced(result) => {
+                        if !self.on_synced(result) {
                             return;
                         }
-                        self.unsynced = false;
                         continue;
                     }
-                    Err(()) => {
+                    // A sync is due (started at the top of the loop), or one runs and
+                    // covers the deletes too.
+                    Wake::Timeout if self.waiting.due.is_some() || self.syncing.is_some() => {
+                        continue
+                    }
+                    Wake::Timeout => {
                         self.sync_unsynced();
                         continue;
                     }
-                    Ok(None) => break,
-                    Ok(Some(cmd)) => {
+                    Wake::Command(None) => break,
+                    Wake::Command(Some(cmd)) => {
                         if let Some(op) = take(cmd, &mut appends, &mut dead, &mut ack, &mut bytes) {
                             self.operator.push(op);
                         }
@@ -201,14 +255,8 @@ impl WalThread {
             appends.clear();
             dead.clear();
             ack = None;
-            let due = self.waiting.due.is_some_and(|d| {
-                Instant::now() >= d || self.waiting.records.len() >= self.opts.max_batch_records
-            });
-            if due || (self.closed && !self.waiting.records.is_empty()) {
-                if !self.sync_appends() {
-                    return;
-                }
-                self.unsynced = false;
+            if self.sync_due() && !self.start_sync() {
+                return;
             }
             if !self.operator.is_empty() && !self.run_operator() {
                 return;
@@ -216,7 +264,7 @@ impl WalThread {
         }
         // Committed appends still waiting for their fsync: make them durable and release
         // their acknowledgements before stopping.
-        if !self.waiting.records.is_empty() && !self.sync_appends() {
+        if self.has_unsynced_appends() && !self.sync_appends() {
             return;
         }
         self.sync_unsynced();
@@ -237,9 +285,9 @@ impl WalThread {
         }
     }
 
-    /// Block for the first command of a batch; `Err` when a wait ran out first (a sync
-    /// is due, or an idle one, or an expiry check).
-    fn first_command(&mut self) -> Result<Option<WalCmd>, ()> {
+    /// Block for the first command of a batch, or until the sync in flight is done, or
+    /// a wait runs out (a sync is due, or an idle one, or an expiry check).
+    fn first_command(&mut self) -> Wake {
         let Self {
             rt,
             rx,
@@ -247,22 +295,88 @@ impl WalThread {
             opts,
             shared,
             unsynced,
+            syncing,
+            sync_done,
             ..
         } = self;
+        let in_flight = syncing.is_some();
         rt.block_on(async {
-            if let Some(due) = waiting.due {
-                let wait = due.saturating_duration_since(Instant::now());
-                tokio::time::timeout(wait, rx.recv()).await
-            } else if *unsynced {
-                tokio::time::timeout(opts.idle_sync, rx.recv()).await
-            } else if opts.limits.max_age.is_some() {
-                // Wake up to expire old records even when nothing arrives.
-                tokio::time::timeout(EXPIRY_EVERY, rx.recv()).await
-            } else {
-                Ok(state::beating(&shared.heartbeats.wal, rx.recv()).await)
+            let next = async {
+                // While a sync runs, the next one waits for it to end, not for its due time.
+                let waited = if let Some(due) = waiting.due.filter(|_| !in_flight) {
+                    let wait = due.saturating_duration_since(Instant::now());
+                    tokio::time::timeout(wait, rx.recv()).await
+                } else if *unsynced {
+                    tokio::time::timeout(opts.idle_sync, rx.recv()).await
+                } else if opts.limits.max_age.is_some() {
+                    // Wake up to expire old records even when nothing arrives.
+                    tokio::time::timeout(EXPIRY_EVERY, rx.recv()).await
+                } else {
+                    Ok(state::beating(&shared.heartbeats.wal, rx.recv()).await)
+                };
+                waited.map_or(Wake::Timeout, Wake::Command)
+            };
+            tokio::select! {
+                biased;
+                done = sync_done.recv(), if in_flight => Wake::Synced(done.unwrap_or_else(|| {
+                    Err(std::io::Error::other("the WAL sync thread stopped").into())
+                })),
+                wake = next => wake,
             }
         })
-        .map_err(|_| ())
+    }
+
+    /// Committed appends not yet durable: waiting for their sync or in it.
+    pub(crate) fn has_unsynced_appends(&self) -> bool {
+        self.syncing.is_some() || !self.waiting.records.is_empty()
+    }
+
+    /// The waiting appends' sync is due and none runs.
+    fn sync_due(&self) -> bool {
+        self.syncing.is_none()
+            && self.waiting.due.is_some_and(|d| {
+                Instant::now() >= d || self.waiting.records.len() >= self.opts.max_batch_records
+            })
+    }
+
+    /// Hand the waiting appends' fsync to the sync thread (unless one runs); without
+    /// it (it panicked), sync on this thread. False only when `abort` was cancelled
+    /// while recovering from a failed sync.
+    pub(crate) fn start_sync(&mut self) -> bool {
+        if self.syncing.is_some() {
+            return true;
+        }
+        if self.waiting.records.is_empty() {
+            self.waiting.due = None;
+            return true;
+        }
+        // The sync covers the commits without fsync (deletes) made so far too.
+        self.unsynced = false;
+        if self
+            .sync_jobs
+            .as_ref()
+            .is_some_and(|jobs| jobs.send(()).is_ok())
+        {
+            self.syncing = Some(std::mem::take(&mut self.waiting));
+            return true;
+        }
+        self.sync_jobs = None;
+        self.sync_appends()
+    }
+
+    /// Take the sync thread's answer if it is there; false only when `abort` was
+    /// cancelled while recovering from a failed sync.
+    fn poll_synced(&mut self) -> bool {
+        if self.syncing.is_none() {
+            return true;
+        }
+        match self.sync_done.try_recv() {
+            Ok(result) => self.on_synced(result),
+            Err(mpsc::error::TryRecvError::Empty) => true,
+            Err(mpsc::error::TryRecvError::Disconnected) => self.on_synced(Err(
+                std::io::Error::other("the WAL sync thread stopped").into(),
+            )),
+        }
     }
 
     /// Drain what is already queued into the batch, up to the bounds; linger if
@@ -338,6 +452,17 @@ impl WalThread {
                 tracing::warn!(error = %e, "WAL idle sync failed");
                 state::set(&self.shared.wal_last_error, Some(e.to_string()));
             }
+        }
+    }
+}
+
+impl Drop for WalThread {
+    fn drop(&mut self) {
+        // The sync thread stops when its job channel closes; wait for it, so that the
+        // WAL is closed when the WAL thread is gone.
+        self.sync_jobs.take();
+        if let Some(syncer) = self.syncer.take() {
+            let _ = syncer.join();
         }
     }
 }
