@@ -154,6 +154,9 @@ pub struct Heartbeats {
     pub ingest: Heartbeat,
     /// The forwarder thread ([`crate::forward`]).
     pub forward: Heartbeat,
+    /// The WAL's sync thread (`crate::writer`): a wedged fsync stops it, not the WAL
+    /// thread, which goes on committing.
+    pub wal_sync: Heartbeat,
 }
 
 impl Heartbeats {
@@ -163,6 +166,7 @@ impl Heartbeats {
             ("WAL writer", self.wal.stale(limit)),
             ("MQTT ingest", self.ingest.stale(limit)),
             ("Kafka forwarder", self.forward.stale(limit)),
+            ("WAL sync", self.wal_sync.stale(limit)),
         ]
         .into_iter()
         .filter_map(|(name, age)| Some((name, age?)))

@@ -103,15 +103,25 @@ impl WalThread {
         let (jobs, jobs_rx) = std::sync::mpsc::channel::<()>();
         let (done_tx, sync_done) = mpsc::unbounded_channel();
         let syncer = {
-            let wal = Arc::clone(&wal);
+            let (wal, shared) = (Arc::clone(&wal), Arc::clone(&shared));
             std::thread::Builder::new()
                 .name("wal-sync".into())
                 .spawn(move || {
-                    for () in jobs_rx {
-                        let started = Instant::now();
-                        let result = wal.sync_detached().map(|()| started.elapsed());
-                        if done_tx.send(result).is_err() {
-                            break;
+                    // Beats every second while it waits; a wedged fsync starves the
+                    // systemd watchdog through this heartbeat.
+                    let beat = || shared.heartbeats.wal_sync.beat();
+                    loop {
+                        beat();
+                        match jobs_rx.recv_timeout(Duration::from_secs(1)) {
+                            Ok(()) => {
+                                let started = Instant::now();
+                                let result = wal.sync_detached().map(|()| started.elapsed());
+                                if done_tx.send(result).is_err() {
+                                    break;
+                                }
+                            }
+                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
                         }
                     }
                 })
