@@ -5,7 +5,8 @@
 //! optionally lingering a little) -> one transaction writes everything
 //! ([`WalThread::commit_until_ok`]): dead letters, then the acknowledged prefix, then
 //! the appends -> the forwarder is woken (the records are visible) -> within
-//! `sync_linger`, one fsync makes them durable ([`WalThread::sync_appends`]) -> the
+//! `sync_linger`, one fsync on the sync thread (`wal-sync`, [`WalThread::start_sync`])
+//! makes them durable while the WAL thread goes on committing -> when it is done, the
 //! durable count is published, which releases the MQTT acknowledgements (rule 1).
 //!
 //! Commits and syncs are separate. A commit makes the records visible to the forwarder
