@@ -18,13 +18,14 @@
 //! sync) makes them durable. Losing one to a power cut only resends records.
 //!
 //! Where: [`inbox`] (the two channels), [`thread`] (the loop and its state),
-//! `commit` (committing until it succeeds, the syncs, reopen and restore), [`space`]
+//! `commit` (committing until it succeeds), `sync` (the syncs, reopen and restore after a failed one), [`space`]
 //! (the free-space reserve), `policy` (caps and age limit, `crate::policy`).
 
 mod commit;
 mod inbox;
 pub mod operator;
 mod space;
+mod sync;
 #[cfg(test)]
 mod tests;
 mod thread;
