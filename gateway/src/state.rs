@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, OnceLock};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 /// The gateway's counters (declared once, in `admin::counters`).
@@ -130,11 +131,19 @@ impl Heartbeat {
     }
 }
 
-/// Await `fut`, beating `hb` every [`HEARTBEAT_TICK`] while it is pending. `fut` is
-/// never cancelled by the ticks.
+/// Await `fut`; if it has to wait, beat `hb` then and every [`HEARTBEAT_TICK`] while it
+/// is pending. `fut` is never cancelled by the ticks.
 pub async fn beating<F: Future>(hb: &Heartbeat, fut: F) -> F::Output {
-    tokio::pin!(fut);
-    let mut tick = tokio::time::interval(HEARTBEAT_TICK);
+    let mut fut = std::pin::pin!(fut);
+    // Most awaits here are ready at once (a packet already read, room in a channel),
+    // several per message in the ingest loop: those take no clock reading and no timer.
+    let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+    if let Poll::Ready(out) = first {
+        return out;
+    }
+    hb.beat();
+    let mut tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT_TICK, HEARTBEAT_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

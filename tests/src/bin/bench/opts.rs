@@ -9,8 +9,8 @@ release gateway and the tools first.
 
   --quick                  smaller counts, for development (1-2 minutes)
   --ingest N               messages for 1, ceiling and gateway each [500000; quick 100000]
-  --ingest-rounds R        rounds of 1 (ceiling, then gateway); the figure is the
-                           median round [3; 1]
+  --ingest-rounds R        rounds of 1 (ceiling and gateway, each going first in
+                           every other round); the figure is the median round [5; 1]
   --e2e N                  messages for 3, gateway and naive each [1000000; 200000]
   --backlog N              backlog drained in 2 [1000000; 200000]
   --big-backlog N          backlog of 5 and 7 [10000000; 1000000]
@@ -73,7 +73,7 @@ impl Opts {
         let mut o = Opts {
             quick,
             ingest: q(500_000, 100_000),
-            ingest_rounds: q(3, 1),
+            ingest_rounds: q(5, 1),
             e2e: q(1_000_000, 200_000),
             backlog: q(1_000_000, 200_000),
             big: q(10_000_000, 1_000_000),
