@@ -413,4 +413,35 @@ mod tests {
         // Leaving the wait counts as a beat.
         assert!(h.forward.age() < Duration::from_secs(60));
     }
+
+    #[tokio::test]
+    async fn beating_beats_when_a_wait_starts_and_while_it_lasts() {
+        let _ = epoch();
+        std::thread::sleep(Duration::from_millis(5));
+        // (`set(_, false)` puts the last beat at the epoch: 0.)
+        let hb = std::sync::Arc::new(Heartbeat::default());
+        let silent = |h: &Heartbeat| h.last_ms.load(Relaxed) == 0;
+        // Ready at once: no beat, nothing to wait for.
+        set(&hb, false);
+        assert_eq!(beating(&hb, std::future::ready(7)).await, 7);
+        assert!(silent(&hb));
+        // Pending once: a beat when the wait starts.
+        beating(&hb, tokio::task::yield_now()).await;
+        assert!(!silent(&hb));
+        // Pending for long: the ticks beat while it waits.
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let waiter = tokio::spawn({
+            let hb = hb.clone();
+            async move { beating(&hb, done_rx).await }
+        });
+        tokio::task::yield_now().await;
+        set(&hb, false);
+        let deadline = Instant::now() + HEARTBEAT_TICK * 5;
+        while silent(&hb) {
+            assert!(Instant::now() < deadline, "no beat while waiting");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        done_tx.send(()).unwrap();
+        assert!(waiter.await.unwrap().is_ok());
+    }
 }
