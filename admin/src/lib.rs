@@ -240,7 +240,8 @@ pub struct WalStatus {
 /// State of the Kafka forwarder.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct KafkaStatus {
-    /// Most recent delivery or producer error.
+    /// Most recent delivery or producer error; cleared once Kafka acknowledges a
+    /// record sent after it.
     pub last_error: Option<String>,
     /// Records handed to the producer whose delivery report has not arrived.
     pub in_flight: u64,

@@ -227,8 +227,10 @@ pub struct Shared {
     pub wal_writable: AtomicBool,
     /// Last WAL error, if any.
     pub wal_last_error: Mutex<Option<String>>,
-    /// Last Kafka error, if any.
+    /// Last Kafka error, until Kafka took records after it (see [`Shared::kafka_error`]).
     pub kafka_last_error: Mutex<Option<String>>,
+    /// Kafka errors so far: a delivery tells which of them it came after.
+    pub kafka_errors: AtomicU64,
     /// Records handed to the producer and not yet acknowledged.
     pub kafka_in_flight: AtomicU64,
     /// Topics Kafka refuses for now.
@@ -238,6 +240,32 @@ pub struct Shared {
     /// Ingest and drain rates, forecasts and history (`crate::rates`).
     pub rates: Mutex<crate::rates::Rates>,
     pub(crate) started: Instant,
+}
+
+impl Shared {
+    /// A Kafka error (a failed delivery, a client error): shown in `/status` until
+    /// [`Shared::kafka_recovered`] clears it.
+    pub fn kafka_error(&self, error: String) {
+        let mut slot = self
+            .kafka_last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *slot = Some(error);
+        self.kafka_errors.fetch_add(1, Relaxed);
+    }
+
+    /// Kafka acknowledged a record after the first `seen` errors: the last error is
+    /// over, unless a newer one came since (both under the same lock, so a new error
+    /// is never wiped by an older success).
+    pub fn kafka_recovered(&self, seen: u64) {
+        let mut slot = self
+            .kafka_last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if self.kafka_errors.load(Relaxed) == seen {
+            *slot = None;
+        }
+    }
 }
 
 impl Default for Shared {
@@ -264,6 +292,7 @@ impl Default for Shared {
             wal_writable: AtomicBool::new(true),
             wal_last_error: Mutex::new(None),
             kafka_last_error: Mutex::new(None),
+            kafka_errors: AtomicU64::new(0),
             kafka_in_flight: AtomicU64::new(0),
             kafka_held_topics: Mutex::new(Vec::new()),
             heartbeats: Heartbeats::default(),
@@ -412,6 +441,19 @@ mod tests {
         assert_eq!(inside.map(|(name, _)| name), Some("WAL writer"));
         // Leaving the wait counts as a beat.
         assert!(h.forward.age() < Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_kafka_error_is_cleared_only_by_a_delivery_after_it() {
+        let s = Shared::default();
+        s.kafka_error("broker down".into());
+        let between = s.kafka_errors.load(Relaxed);
+        s.kafka_error("still down".into());
+        // A delivery that succeeded between the two errors: the second one stays.
+        s.kafka_recovered(between);
+        assert_eq!(get(&s.kafka_last_error).as_deref(), Some("still down"));
+        s.kafka_recovered(s.kafka_errors.load(Relaxed));
+        assert_eq!(get(&s.kafka_last_error), None);
     }
 
     #[tokio::test]

@@ -51,6 +51,12 @@ pub fn kafka_down_at_start_backlog_then_drains() -> Result<(), Failed> {
         Duration::from_secs(30),
         || gw.json("/status")["uptime_seconds"].as_f64() >= Some(3.0),
     );
+    let last_error = || gw.json("/status")["kafka"]["last_error"].clone();
+    wait_until(
+        "/status to show the Kafka error",
+        Duration::from_secs(30),
+        || last_error().is_string(),
+    );
     own.start_again();
     let consumed = site.consume(3000, Duration::from_secs(120));
     let report = check(&published, &consumed);
@@ -58,6 +64,12 @@ pub fn kafka_down_at_start_backlog_then_drains() -> Result<(), Failed> {
     wait_until("backlog to drain", Duration::from_secs(60), || {
         gw.json("/backlog")["records"] == 0
     });
+    // Kafka took the records after the error: /status no longer shows it.
+    wait_until(
+        "/status to clear the Kafka error",
+        Duration::from_secs(30),
+        || last_error().is_null(),
+    );
     let b = gw.json("/backlog");
     if b["dead_letters"]["records"] != 0 {
         return Err(fail(format!("records were parked: {b}")));

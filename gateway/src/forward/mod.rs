@@ -41,7 +41,7 @@ use wal::Wal;
 
 use crate::config::Loaded;
 use crate::route::Router;
-use crate::state::{self, Shared};
+use crate::state::Shared;
 use crate::writer::WalCmd;
 use hold::Holds;
 pub use producer::{
@@ -91,6 +91,10 @@ struct Forwarder {
     kick_topic: Option<String>,
     need_rebuild: Option<String>,
     rebuild_delay: Duration,
+    /// How many Kafka errors there had been when the latest delivery succeeded, and up
+    /// to which of them `/status` was cleared.
+    errors_before_delivery: u64,
+    errors_cleared: u64,
     seq_text: String,
     time_text: String,
     /// Records Kafka refused for good once, and what to try next (see [`Suspect`]).
@@ -164,6 +168,8 @@ pub fn run(
         kick_topic: None,
         need_rebuild: None,
         rebuild_delay: FIRST_REBUILD_DELAY,
+        errors_before_delivery: 0,
+        errors_cleared: 0,
         seq_text: String::new(),
         time_text: String::new(),
         suspects: BTreeMap::new(),
@@ -202,6 +208,10 @@ impl Forwarder {
             self.drain_events(Duration::ZERO);
             self.show_progress();
             self.maybe_send_ack(false)?;
+            if self.errors_before_delivery > self.errors_cleared {
+                self.shared.kafka_recovered(self.errors_before_delivery);
+                self.errors_cleared = self.errors_before_delivery;
+            }
             if self.fatal.load(Relaxed) && self.need_rebuild.is_none() {
                 let why = self
                     .producer
@@ -306,6 +316,7 @@ impl Forwarder {
                         .record_ms(crate::ingest::now_ms().saturating_sub(received));
                 }
                 self.window.done(seq);
+                self.errors_before_delivery = self.shared.kafka_errors.load(Relaxed);
                 self.rebuild_delay = FIRST_REBUILD_DELAY;
                 if self.suspects.remove(&seq) == Some(Suspect::Restamped) {
                     tracing::info!(seq, "record delivered stamped with the time of sending");
@@ -323,7 +334,7 @@ impl Forwarder {
                     .counters
                     .kafka_delivery_errors
                     .fetch_add(1, Relaxed);
-                state::set(&self.shared.kafka_last_error, Some(e.to_string()));
+                self.shared.kafka_error(e.to_string());
                 match classify(&e) {
                     Failure::Permanent => self.on_refused(seq, &e),
                     Failure::Topic => self.on_topic_refused(seq, topic, &e),
@@ -428,7 +439,7 @@ impl Forwarder {
             .counters
             .kafka_producer_rebuilds
             .fetch_add(1, Relaxed);
-        state::set(&self.shared.kafka_last_error, Some(why.to_string()));
+        self.shared.kafka_error(why.to_string());
         self.producer
             .purge(PurgeConfig::default().queue().inflight().non_blocking());
         // Back off before reconnecting, waking early on shutdown.

@@ -14,7 +14,7 @@ use rdkafka::producer::{DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
 use crate::config::Loaded;
-use crate::state::{self, Shared};
+use crate::state::Shared;
 
 /// Header names on every Kafka record.
 pub mod headers {
@@ -96,10 +96,7 @@ impl ClientContext for Ctx {
         } else {
             tracing::warn!(%error, %reason, "Kafka client error (retrying)");
         }
-        state::set(
-            &self.shared.kafka_last_error,
-            Some(format!("{error}: {reason}")),
-        );
+        self.shared.kafka_error(format!("{error}: {reason}"));
     }
 }
 
