@@ -76,6 +76,20 @@ impl Bench<'_> {
     /// one after the other. `latency_{rate}` is the gateway's worst run (by p99),
     /// `latency_{rate}_runs` every run with the naive pipeline's beside it.
     pub(crate) fn latencies(&mut self, gw: &mut Running) -> Res<()> {
+        // The phases before wrote 2,000,000 records into the gateway's topic and none
+        // into the naive pipeline's: the kernel writing them back during the first
+        // repetition would weigh on one side only. Written back before it starts.
+        let dirty_kb = probe::dirty_kb();
+        let t = std::time::Instant::now();
+        let synced = Command::new("sync")
+            .status()
+            .map_err(|e| format!("sync: {e}"))?;
+        if !synced.success() {
+            return Err(format!("sync failed ({synced})"));
+        }
+        self.r.put("latency_dirty_before_kb", dirty_kb);
+        self.r
+            .put("latency_sync_ms", t.elapsed().as_millis() as u64);
         let mut runs: Vec<(u64, Vec<Value>)> = RATES.iter().map(|r| (*r, Vec::new())).collect();
         for rep in 1..=self.o.lat_reps {
             for (rate, list) in runs.iter_mut() {

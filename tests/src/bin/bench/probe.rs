@@ -120,6 +120,23 @@ pub fn status_kb(pid: u32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Data in the page cache not yet on disk, kB (`Dirty` + `Writeback` of `/proc/meminfo`).
+pub fn dirty_kb() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    ["Dirty:", "Writeback:"]
+        .iter()
+        .filter_map(|key| {
+            meminfo
+                .lines()
+                .find(|l| l.starts_with(key))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
 /// Reset the peak RSS (`VmHWM`) of `pid`.
 pub fn reset_hwm(pid: u32) {
     let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");

@@ -59,6 +59,11 @@ pub(super) fn lines(r: &Results) -> String {
         out.push_str(&l);
         out.push('\n');
     }
+    out.push_str(&format!(
+        "before 4: {} MiB not yet on disk, written back (sync) in {} ms\n",
+        num(r.f("latency_dirty_before_kb") / 1024.0),
+        r.n("latency_sync_ms")
+    ));
     for rate in crate::latency::RATES {
         for (i, run) in r.list(&format!("latency_{rate}_runs")).iter().enumerate() {
             out.push_str(&format!(
