@@ -61,7 +61,7 @@ pub(super) fn lines(r: &Results) -> String {
     }
     out.push_str(&format!(
         "before 4: {} MiB not yet on disk, written back (sync) in {} ms\n",
-        num(r.f("latency_dirty_before_kb") / 1024.0),
+        num((r.f("latency_dirty_before_kb") / 102.4).round() / 10.0),
         r.n("latency_sync_ms")
     ));
     for rate in crate::latency::RATES {
