@@ -76,8 +76,8 @@ impl Bench<'_> {
     /// one after the other. `latency_{rate}` is the gateway's worst run (by p99),
     /// `latency_{rate}_runs` every run with the naive pipeline's beside it.
     pub(crate) fn latencies(&mut self, gw: &mut Running) -> Res<()> {
-        // The phases before wrote 2,000,000 records into the gateway's topic and none
-        // into the naive pipeline's: the kernel writing them back during the first
+        // The phases before wrote their records into the gateway's topic and none into
+        // the naive pipeline's: the kernel writing them back during the first
         // repetition would weigh on one side only. Written back before it starts.
         let dirty_kb = probe::dirty_kb();
         let t = std::time::Instant::now();

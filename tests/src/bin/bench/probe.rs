@@ -108,33 +108,24 @@ pub fn threads_per_msg(
         .join(", ")
 }
 
+/// The number of a `KEY: N kB` line (`/proc/PID/status`, `/proc/meminfo`); 0 if absent.
+fn kb_line(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// A `kB` line of `/proc/PID/status` (`VmRSS`, `VmHWM`).
 pub fn status_kb(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(&format!("{key}:")))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    kb_line(&status, key)
 }
 
 /// Data in the page cache not yet on disk, kB (`Dirty` + `Writeback` of `/proc/meminfo`).
 pub fn dirty_kb() -> u64 {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    ["Dirty:", "Writeback:"]
-        .iter()
-        .filter_map(|key| {
-            meminfo
-                .lines()
-                .find(|l| l.starts_with(key))?
-                .split_whitespace()
-                .nth(1)?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
+    kb_line(&meminfo, "Dirty") + kb_line(&meminfo, "Writeback")
 }
 
 /// Reset the peak RSS (`VmHWM`) of `pid`.
@@ -326,6 +317,15 @@ pub fn stages(before: &Metrics, after: &Metrics) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kb_lines_match_the_whole_key() {
+        let meminfo =
+            "MemFree:  100 kB\nDirty:        652 kB\nWritebackTmp:   9 kB\nWriteback:    14 kB\n";
+        assert_eq!(kb_line(meminfo, "Dirty"), 652);
+        assert_eq!(kb_line(meminfo, "Writeback"), 14);
+        assert_eq!(kb_line(meminfo, "VmHWM"), 0);
+    }
 
     #[test]
     fn gc_pauses_count_stop_the_world_lines_only() {
